@@ -1,0 +1,178 @@
+//! `bitvelocity demo`: the end-to-end pipeline on embedded defaults.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use domains::ecommerce::{self, WorkloadConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+
+pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
+    let started = Instant::now();
+    prepare_warehouse(&warehouse)?;
+    println!(
+        "BitVelocity demo: PostgreSQL → pgoutput → Iceberg bronze ({})",
+        warehouse.display()
+    );
+
+    let pg = tokio::task::spawn_blocking(domains::PgCluster::start).await??;
+    pg.create_database("shop")?;
+    let url = pg.url("shop");
+    println!(
+        "  started PostgreSQL 127.0.0.1:{} (wal_level=logical, throw-away)",
+        pg.port()
+    );
+    let mut client = domains::connect(&url).await?;
+    ecommerce::create_schema(&client).await?;
+
+    let wh = catalog::Warehouse::new(&warehouse)?;
+    let cat = wh.open_catalog().await?;
+    let sink = lakehouse::BronzeSink::new(cat.clone()).await?;
+    let mut cfg = ingestion::IngestConfig::new(url.clone(), ecommerce::PUBLICATION);
+    cfg.batch_interval = Duration::from_millis(500);
+    let mut ingester = ingestion::Ingester::new(cfg, sink);
+    let metrics = ingester.metrics();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The ingester starts while the workload writes: its initial copy and the
+    // stream must hand over without losing or doubling a change.
+    let ingest = tokio::spawn(async move { ingester.run(stop_rx).await });
+
+    let wcfg = WorkloadConfig {
+        operations,
+        ..WorkloadConfig::default()
+    };
+    let total = (wcfg.seed_customers + wcfg.seed_products + wcfg.operations) as u64;
+    let bar = ProgressBar::new(total).with_style(ProgressStyle::with_template(
+        "  workload  {bar:40} {pos}/{len} transactions {per_sec} {msg}",
+    )?);
+    let stats = ecommerce::run_workload(&mut client, &wcfg, |n| {
+        bar.set_position(n);
+        bar.set_message(format!(
+            "captured {} changes",
+            metrics.changes.load(Relaxed) + metrics.snapshot_rows.load(Relaxed)
+        ));
+    })
+    .await?;
+    bar.finish_with_message("done");
+
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let target: ingestion::Lsn = target.parse()?;
+    let spin = ProgressBar::new_spinner()
+        .with_style(ProgressStyle::with_template("  ingest    {spinner} {msg}")?);
+    while ingestion::Lsn(metrics.confirmed_lsn.load(Relaxed)) < target {
+        if ingest.is_finished() {
+            break;
+        }
+        spin.set_message(format!(
+            "{} changes, {} commits, confirmed {}",
+            metrics.changes.load(Relaxed),
+            metrics.commits.load(Relaxed),
+            ingestion::Lsn(metrics.confirmed_lsn.load(Relaxed))
+        ));
+        spin.tick();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    let report = ingest.await?.context("ingest")?;
+    spin.finish_with_message(format!(
+        "{} rows copied, {} changes in {} transactions, {} Iceberg commits",
+        report.snapshot_rows, report.changes, report.transactions, report.commits
+    ));
+    println!(
+        "  workload: {} transactions ({} orders placed, {} cancelled, {} updates, {} deletes)",
+        stats.transactions,
+        stats.orders_placed,
+        stats.orders_cancelled,
+        stats.updates,
+        stats.deletes
+    );
+
+    // Compare PostgreSQL with the state replayed from bronze, per table.
+    let ctx = lakehouse::query::session(cat.clone()).await?;
+    println!(
+        "\n  {:<14} {:>12} {:>14} {:>12}",
+        "table", "postgres", "bronze live", "bronze rows"
+    );
+    let mut all_equal = true;
+    for table in ecommerce::TABLES {
+        let pg_count: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await?
+            .get(0);
+        let key = key_columns(&client, table).await?;
+        let replay = lakehouse::query::replay_sql(&format!("bronze.{table}"), &key, &key);
+        let live = scalar_i64(&ctx, &format!("SELECT count(*) FROM ({replay}) r")).await?;
+        let rows = scalar_i64(&ctx, &format!("SELECT count(*) FROM bronze.{table}")).await?;
+        let mark = if live == pg_count { "" } else { "  MISMATCH" };
+        all_equal &= live == pg_count;
+        println!("  {table:<14} {pg_count:>12} {live:>14} {rows:>12}{mark}");
+    }
+
+    let orders_replay = lakehouse::query::replay_sql(
+        "bronze.orders",
+        &["id".to_string()],
+        &["id".to_string(), "status".to_string(), "total".to_string()],
+    );
+    let analyst = format!(
+        "SELECT status, count(*) AS orders, sum(total) AS revenue FROM ({orders_replay}) o GROUP BY status ORDER BY revenue DESC"
+    );
+    println!("\n  Sample analyst query (orders by status, replayed from bronze with DataFusion):");
+    let batches = lakehouse::query::run(&ctx, &analyst).await?;
+    for line in arrow::util::pretty::pretty_format_batches(&batches)?
+        .to_string()
+        .lines()
+    {
+        println!("  {line}");
+    }
+    drop(client);
+    drop(pg);
+    println!(
+        "\n  Finished in {:.1} s. Query the tables yourself:\n    bitvelocity sql \"SELECT _op, count(*) FROM bronze.orders GROUP BY _op\" --warehouse {}",
+        started.elapsed().as_secs_f64(),
+        warehouse.display()
+    );
+    if !all_equal {
+        bail!("bronze does not match PostgreSQL for at least one table");
+    }
+    Ok(())
+}
+
+async fn key_columns(client: &tokio_postgres::Client, table: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+             WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn scalar_i64(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<i64> {
+    let batches = lakehouse::query::run(ctx, sql).await?;
+    let b = batches.first().context("no result")?;
+    Ok(b.column(0).as_primitive::<Int64Type>().value(0))
+}
+
+/// Empties the demo warehouse, refusing to touch a directory that is not one.
+fn prepare_warehouse(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let is_warehouse = dir.join("catalog.db").exists();
+        let is_empty = std::fs::read_dir(dir)?.next().is_none();
+        if !is_warehouse && !is_empty {
+            bail!(
+                "{} exists and is not a BitVelocity warehouse; choose another --warehouse",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}

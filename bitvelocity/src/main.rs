@@ -1,0 +1,250 @@
+//! BitVelocity command line: wires the crates together, installs logging, handles signals.
+
+mod bench;
+mod demo;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "bitvelocity",
+    version,
+    about = "PostgreSQL change capture into an Apache Iceberg lakehouse"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture a publication's tables into bronze Iceberg tables, exactly once.
+    Ingest {
+        /// Source database URL, e.g. postgres://user:pw@host:5432/db
+        #[arg(long)]
+        pg: String,
+        /// Publication whose tables are captured.
+        #[arg(long)]
+        publication: String,
+        /// Warehouse directory (Iceberg files plus catalog.db).
+        #[arg(long)]
+        warehouse: PathBuf,
+        /// Replication slot name (default: bitvelocity_<publication>).
+        #[arg(long)]
+        slot: Option<String>,
+        /// Stop once everything committed before the start is written.
+        #[arg(long)]
+        exit_when_caught_up: bool,
+        /// Commit after this many pending change rows.
+        #[arg(long, default_value_t = 200_000)]
+        batch_rows: usize,
+        /// Commit at least this often (milliseconds) while rows are pending.
+        #[arg(long, default_value_t = 1000)]
+        batch_interval_ms: u64,
+        /// Hand rows to the Iceberg writers in Arrow batches of this many rows.
+        #[arg(long, default_value_t = 32 * 1024)]
+        flush_rows: usize,
+    },
+    /// Run SQL with DataFusion over every table of a warehouse and print the result.
+    Sql {
+        /// The query.
+        query: String,
+        /// Warehouse directory.
+        #[arg(long)]
+        warehouse: PathBuf,
+    },
+    /// Measure against reference tools, side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Run the end-to-end demo: own PostgreSQL, e-commerce workload, ingest, compare.
+    Demo {
+        /// Warehouse directory for the demo's tables (emptied first).
+        #[arg(long, default_value = "bitvelocity-demo")]
+        warehouse: PathBuf,
+        /// Business operations the workload generator runs.
+        #[arg(long, default_value_t = 3_000)]
+        operations: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Drain one backlog with pg_recvlogical, our decoder (discarding), and our bronze ingest; then freshness.
+    Ingest {
+        /// Inserts in the backlog (updates of half of them follow).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Rows per source transaction while loading.
+        #[arg(long, default_value_t = 10_000)]
+        txn_rows: u64,
+        /// Steady load for the freshness measurement, changes per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Duration of the freshness measurement, seconds.
+        #[arg(long, default_value_t = 10)]
+        freshness_secs: u64,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// A channel that turns true on SIGINT or SIGTERM.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ingest {
+            pg,
+            publication,
+            warehouse,
+            slot,
+            exit_when_caught_up,
+            batch_rows,
+            batch_interval_ms,
+            flush_rows,
+        } => {
+            init_tracing("info");
+            let mut cfg = ingestion::IngestConfig::new(pg, publication);
+            if let Some(s) = slot {
+                cfg.slot = s;
+            }
+            cfg.exit_when_caught_up = exit_when_caught_up;
+            cfg.batch_rows = batch_rows;
+            cfg.batch_interval = Duration::from_millis(batch_interval_ms);
+            cfg.flush_rows = flush_rows.max(1);
+            ingest(cfg, warehouse).await
+        }
+        Command::Sql { query, warehouse } => {
+            init_tracing("warn");
+            sql(&query, warehouse).await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Ingest {
+                    rows,
+                    txn_rows,
+                    rate,
+                    freshness_secs,
+                },
+        } => {
+            init_tracing("warn");
+            bench::ingest(bench::BenchConfig {
+                rows,
+                txn_rows,
+                freshness_rate: rate,
+                freshness_secs,
+            })
+            .await
+        }
+        Command::Demo {
+            warehouse,
+            operations,
+        } => {
+            init_tracing("warn");
+            demo::run(warehouse, operations).await
+        }
+    };
+    if let Err(e) = result {
+        // One line, most specific cause last.
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}
+
+async fn ingest(cfg: ingestion::IngestConfig, warehouse: PathBuf) -> Result<()> {
+    let wh = catalog::Warehouse::new(&warehouse)?;
+    let catalog = wh.open_catalog().await.context("opening the catalog")?;
+    let sink = lakehouse::BronzeSink::new(catalog).await?;
+    let mut ingester = ingestion::Ingester::new(cfg, sink);
+    let metrics = ingester.metrics();
+    let reporter = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            use std::sync::atomic::Ordering::Relaxed;
+            tracing::info!(
+                changes = metrics.changes.load(Relaxed),
+                snapshot_rows = metrics.snapshot_rows.load(Relaxed),
+                transactions = metrics.transactions.load(Relaxed),
+                commits = metrics.commits.load(Relaxed),
+                confirmed = %ingestion::Lsn(metrics.confirmed_lsn.load(Relaxed)),
+                "progress"
+            );
+        }
+    });
+    let report = ingester.run(shutdown_signal()).await;
+    reporter.abort();
+    let report = report?;
+    tracing::info!(?report, "ingest finished");
+    println!(
+        "ingested {} tables: {} rows copied, {} changes from {} transactions in {} commits ({} already present, skipped); confirmed {}",
+        report.tables,
+        report.snapshot_rows,
+        report.changes,
+        report.transactions,
+        report.commits,
+        report.skipped,
+        report.confirmed
+    );
+    Ok(())
+}
+
+async fn sql(query: &str, warehouse: PathBuf) -> Result<()> {
+    if !warehouse.join("catalog.db").exists() {
+        anyhow::bail!(
+            "no warehouse at {} (catalog.db missing)",
+            warehouse.display()
+        );
+    }
+    let wh = catalog::Warehouse::new(&warehouse)?;
+    let catalog = wh.open_catalog().await?;
+    let ctx = lakehouse::query::session(catalog).await?;
+    let batches = lakehouse::query::run(&ctx, query).await?;
+    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Other Iceberg engines read bronze: pyiceberg (SqlCatalog over catalog.db) and DuckDB
+//! (iceberg_scan), each replaying the change log to exactly the PostgreSQL rows.
+
+#[path = "../../ingestion/tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+
+use domains::ecommerce::{self, WorkloadConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_replay_bronze_to_the_source_rows() {
+    let python = std::env::var("BITVELOCITY_PYTHON").expect(
+        "BITVELOCITY_PYTHON is not set: run the suite with scripts/test, which builds the venv with pyiceberg and DuckDB",
+    );
+    let (_pg, url) = common::start_pg("shop").await;
+    let mut client = common::connect(&url).await;
+    ecommerce::create_schema(&client).await.unwrap();
+    let first = WorkloadConfig {
+        operations: 300,
+        ..WorkloadConfig::default()
+    };
+    ecommerce::run_workload(&mut client, &first, |_| {})
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+        .await
+        .unwrap();
+    let more = WorkloadConfig {
+        seed_customers: 0,
+        seed_products: 0,
+        operations: 600,
+        seed: 7,
+    };
+    ecommerce::run_workload(&mut client, &more, |_| {})
+        .await
+        .unwrap();
+    common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+        .await
+        .unwrap();
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/check_bronze.py"
+    );
+    let out = Command::new(&python)
+        .arg(script)
+        .arg("--warehouse")
+        .arg(&wh)
+        .args(["--pg", &url, "--tables", &ecommerce::TABLES.join(",")])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "interop check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both engines checked every table.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("pyiceberg") && l.ends_with("OK"))
+            .count(),
+        ecommerce::TABLES.len()
+    );
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("duckdb") && l.ends_with("OK"))
+            .count(),
+        ecommerce::TABLES.len()
+    );
+}

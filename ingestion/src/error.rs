@@ -1,0 +1,104 @@
+//! Errors of the ingestion crate.
+
+use crate::Lsn;
+
+/// What stopped change capture.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The connection URL could not be understood.
+    #[error("invalid PostgreSQL URL: {0}")]
+    InvalidUrl(String),
+    /// The server could not be reached.
+    #[error("cannot connect to PostgreSQL at {addr}: {source}")]
+    Unreachable {
+        /// host:port tried.
+        addr: String,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server refused the login or the replication request.
+    #[error("PostgreSQL refused the connection: {0}")]
+    Auth(String),
+    /// The server reported an error (SQLSTATE and message).
+    #[error("PostgreSQL error {code}: {message}")]
+    Server {
+        /// SQLSTATE.
+        code: String,
+        /// Primary message, with detail when present.
+        message: String,
+    },
+    /// A regular (non-replication) client call failed.
+    #[error("PostgreSQL: {0}")]
+    Client(#[from] tokio_postgres::Error),
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The publication does not exist or has no tables.
+    #[error("publication {0:?} does not exist")]
+    PublicationNotFound(String),
+    /// A source column has a type we cannot represent losslessly.
+    #[error("unsupported type: table {table}, column {column} has type {type_name}")]
+    UnsupportedType {
+        /// Qualified source table.
+        table: String,
+        /// Column name.
+        column: String,
+        /// PostgreSQL type name.
+        type_name: String,
+    },
+    /// A value could not be converted to its column's type.
+    #[error("bad value in {table}.{column}: {message}")]
+    BadValue {
+        /// Source table.
+        table: String,
+        /// Column name.
+        column: String,
+        /// What was wrong, with the value.
+        message: String,
+    },
+    /// The replication slot is missing or was taken over.
+    #[error("replication slot {slot}: {message}")]
+    Slot {
+        /// The slot name.
+        slot: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The change stream skipped over a position we still needed.
+    #[error("change stream gap: needed changes after {needed}, server resumes at {server}")]
+    Gap {
+        /// The oldest position we still need.
+        needed: Lsn,
+        /// Where the server will start.
+        server: Lsn,
+    },
+    /// A source table's columns changed while capturing.
+    #[error(
+        "schema of {table} changed: {change}; this table's ingest stops (schema evolution is not supported yet)"
+    )]
+    SchemaChanged {
+        /// The source table.
+        table: String,
+        /// What changed.
+        change: String,
+    },
+    /// The sink (lakehouse) failed; nothing past its last commit is confirmed.
+    #[error(transparent)]
+    Sink(#[from] lakehouse::LakehouseError),
+    /// Socket I/O failed mid-stream.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl IngestError {
+    /// Whether reconnecting and resuming from the last commit may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, IngestError::Io(_) | IngestError::Unreachable { .. })
+            || matches!(self, IngestError::Sink(e) if e.is_retryable())
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = IngestError> = std::result::Result<T, E>;

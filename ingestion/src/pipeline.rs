@@ -1,0 +1,675 @@
+//! The capture loop: initial copy, then the change stream, committed exactly once.
+//!
+//! Exactly-once protocol (see docs/adr/0002-exactly-once.md):
+//! 1. Each lakehouse table records, atomically with its data, the source
+//!    position up to which it is complete (`TableProgress::source_lsn`, the
+//!    `end_lsn` of the last source transaction it holds, exclusive).
+//! 2. A change of table T in a transaction whose commit LSN is below T's
+//!    position is already in T and is skipped; everything else is applied.
+//! 3. The slot's flush position is confirmed to PostgreSQL only after every
+//!    table of a batch is committed, so the server keeps all WAL any table
+//!    may still need; on restart we stream from the oldest table position
+//!    (the server starts at its confirmed point if that is later).
+//! 4. A table without a position gets an initial copy under the exported
+//!    snapshot of a temporary slot created after the main slot; its position
+//!    becomes that slot's consistent point.
+//! 5. Commits happen only between source transactions, so no reader ever sees
+//!    part of one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use lakehouse::{ChangeSink, TableProgress, crash};
+use tokio::sync::watch;
+
+use crate::changes::{ChangeBuffer, ChangeMeta, Op};
+use crate::pgoutput::{self, Cell, Message, OldImage, Relation};
+use crate::replication::{
+    ConnInfo, PG_EPOCH_OFFSET_MICROS, ReplicationConnection, ReplicationMessage, ReplicationStream,
+};
+use crate::source::{self, SourceTable};
+use crate::{IngestError, Lsn, Result};
+
+/// How to capture.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Source database URL.
+    pub url: String,
+    /// Publication whose tables are captured.
+    pub publication: String,
+    /// Logical replication slot (created if missing).
+    pub slot: String,
+    /// Commit once this many change rows are pending (at a transaction boundary).
+    pub batch_rows: usize,
+    /// Commit at least this often while rows are pending.
+    pub batch_interval: Duration,
+    /// Hand rows to the sink in Arrow batches of this many rows.
+    pub flush_rows: usize,
+    /// Stop once everything committed before the start has been written.
+    pub exit_when_caught_up: bool,
+    /// Record, per source transaction, the time from its commit to its lakehouse commit.
+    pub record_freshness: bool,
+}
+
+impl IngestConfig {
+    /// Defaults for `url` and `publication`; the slot is named after the publication.
+    pub fn new(url: impl Into<String>, publication: impl Into<String>) -> Self {
+        let publication = publication.into();
+        Self {
+            url: url.into(),
+            slot: format!(
+                "bitvelocity_{}",
+                publication
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            ),
+            publication,
+            batch_rows: 200_000,
+            batch_interval: Duration::from_secs(1),
+            flush_rows: 32 * 1024,
+            exit_when_caught_up: false,
+            record_freshness: false,
+        }
+    }
+}
+
+/// Live counters, shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    /// Rows written by the initial copy.
+    pub snapshot_rows: AtomicU64,
+    /// Change rows written from the stream.
+    pub changes: AtomicU64,
+    /// Change rows skipped because their table already held them.
+    pub skipped: AtomicU64,
+    /// Source transactions seen.
+    pub transactions: AtomicU64,
+    /// Lakehouse commits made.
+    pub commits: AtomicU64,
+    /// Position confirmed to PostgreSQL.
+    pub confirmed_lsn: AtomicU64,
+    /// Commit time (µs since Unix epoch) of the newest source transaction committed to the lakehouse.
+    pub last_commit_ts: AtomicU64,
+    /// Source commit → lakehouse commit, µs, per transaction (only with `record_freshness`).
+    freshness: std::sync::Mutex<Vec<u64>>,
+}
+
+impl IngestMetrics {
+    /// The freshness samples recorded so far (µs).
+    pub fn freshness_micros(&self) -> Vec<u64> {
+        self.freshness.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    /// Tables captured.
+    pub tables: usize,
+    /// Rows written by initial copies.
+    pub snapshot_rows: u64,
+    /// Change rows written from the stream.
+    pub changes: u64,
+    /// Change rows skipped as already committed.
+    pub skipped: u64,
+    /// Source transactions seen.
+    pub transactions: u64,
+    /// Lakehouse commits.
+    pub commits: u64,
+    /// Position confirmed to PostgreSQL at exit.
+    pub confirmed: Lsn,
+}
+
+/// Change capture from one PostgreSQL publication into one sink.
+pub struct Ingester<S: ChangeSink> {
+    cfg: IngestConfig,
+    sink: S,
+    metrics: Arc<IngestMetrics>,
+}
+
+struct TableState {
+    source: SourceTable,
+    buf: ChangeBuffer,
+    /// Changes from transactions committed before this position are already in the table.
+    needed_from: Lsn,
+    relation_checked: bool,
+}
+
+struct Txn {
+    final_lsn: Lsn,
+    commit_ts: i64,
+    xid: u32,
+    seq: i64,
+}
+
+impl<S: ChangeSink> Ingester<S> {
+    /// An ingester writing into `sink`.
+    pub fn new(cfg: IngestConfig, sink: S) -> Self {
+        Self {
+            cfg,
+            sink,
+            metrics: Arc::new(IngestMetrics::default()),
+        }
+    }
+
+    /// Counters for progress display.
+    pub fn metrics(&self) -> Arc<IngestMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The sink, once the run is over.
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+
+    /// Runs until caught up (if configured) or until `shutdown` turns true.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
+        let info = ConnInfo::parse(&self.cfg.url)?;
+        // The replication login comes first: it gives the clearest error for a bad
+        // address, role or database.
+        let mut repl = ReplicationConnection::connect(&info).await?;
+        let client = connect_plain(&info).await?;
+        let tables = source::discover(&client, &self.cfg.publication).await?;
+        if tables.is_empty() {
+            return Err(IngestError::PublicationNotFound(format!(
+                "{} (it has no tables)",
+                self.cfg.publication
+            )));
+        }
+        crash::point("ingest.after_discover");
+        let schemas: Vec<_> = tables.iter().map(|t| t.changelog.clone()).collect();
+        let progress = self.sink.prepare(&schemas).await?;
+        let target = current_wal_lsn(&client).await?;
+
+        self.ensure_slot(&client, &mut repl, &progress).await?;
+
+        let mut states = Vec::with_capacity(tables.len());
+        for (t, p) in tables.into_iter().zip(&progress) {
+            let arrow = t.changelog.arrow_schema()?;
+            let buf = ChangeBuffer::new(&t, arrow);
+            states.push(TableState {
+                source: t,
+                buf,
+                needed_from: Lsn(p.source_lsn.unwrap_or(0)),
+                relation_checked: false,
+            });
+        }
+        let missing: Vec<usize> = progress
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.source_lsn.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            let point = self
+                .initial_copy(&info, &client, &mut states, &missing)
+                .await?;
+            for &i in &missing {
+                states[i].needed_from = point;
+            }
+        }
+        drop(client);
+
+        let start = states
+            .iter()
+            .map(|s| s.needed_from)
+            .min()
+            .unwrap_or(Lsn::ZERO);
+        tracing::info!(slot = %self.cfg.slot, %start, target = %target, tables = states.len(), "streaming changes");
+        let stream = repl
+            .start_replication(&self.cfg.slot, start, &self.cfg.publication)
+            .await?;
+        crash::point("stream.after_start");
+        let mut report = self
+            .stream(stream, &mut states, target, &mut shutdown)
+            .await?;
+        report.tables = states.len();
+        report.snapshot_rows = self.metrics.snapshot_rows.load(Ordering::Relaxed);
+        Ok(report)
+    }
+
+    async fn ensure_slot(
+        &mut self,
+        client: &tokio_postgres::Client,
+        repl: &mut ReplicationConnection,
+        progress: &[TableProgress],
+    ) -> Result<()> {
+        let row = client
+            .query_opt(
+                "SELECT plugin::text, database::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.cfg.slot],
+            )
+            .await?;
+        match row {
+            Some(r) => {
+                let plugin: Option<String> = r.get(0);
+                if plugin.as_deref() != Some("pgoutput") {
+                    return Err(IngestError::Slot {
+                        slot: self.cfg.slot.clone(),
+                        message: format!("exists with plugin {plugin:?}, expected pgoutput"),
+                    });
+                }
+                let confirmed: Option<String> = r.get(2);
+                tracing::info!(slot = %self.cfg.slot, confirmed = ?confirmed, "reusing replication slot");
+            }
+            None => {
+                if let Some(p) = progress.iter().filter_map(|p| p.source_lsn).min() {
+                    // The tables hold data up to p, but the WAL after p is gone with the slot.
+                    return Err(IngestError::Gap {
+                        needed: Lsn(p),
+                        server: Lsn::ZERO,
+                    });
+                }
+                let created = repl.create_slot(&self.cfg.slot, false, false).await?;
+                tracing::info!(slot = %self.cfg.slot, at = %created.consistent_point, "created replication slot");
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the tables at `missing` under one exported snapshot; returns its consistent point.
+    async fn initial_copy(
+        &mut self,
+        info: &ConnInfo,
+        client: &tokio_postgres::Client,
+        states: &mut [TableState],
+        missing: &[usize],
+    ) -> Result<Lsn> {
+        let mut exporter = ReplicationConnection::connect(info).await?;
+        let temp = format!("{}_copy_{}", self.cfg.slot, std::process::id());
+        let slot = exporter.create_slot(&temp, true, true).await?;
+        let snapshot = slot
+            .snapshot
+            .clone()
+            .ok_or_else(|| IngestError::Protocol("temporary slot exported no snapshot".into()))?;
+        crash::point("snapshot.after_slot_created");
+        let point = slot.consistent_point;
+        tracing::info!(at = %point, tables = missing.len(), "initial copy");
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                crate::replication::quote_literal(&snapshot)
+            ))
+            .await?;
+        let now = chrono::Utc::now().timestamp_micros();
+        // Copied rows sort before any change applied on top of them.
+        let copy_lsn = point.0 as i64 - 1;
+        for &i in missing {
+            let st = &mut states[i];
+            crash::point("snapshot.before_copy");
+            let stamp = crate::snapshot::CopyStamp {
+                lsn: copy_lsn,
+                commit_ts: now,
+                flush_rows: self.cfg.flush_rows,
+            };
+            let rows = crate::snapshot::copy_table(
+                client,
+                &st.source,
+                i,
+                &mut st.buf,
+                &mut self.sink,
+                stamp,
+            )
+            .await?;
+            crash::point("snapshot.before_commit");
+            self.sink.commit(point.0, &[i]).await?;
+            crash::point("snapshot.after_commit");
+            self.metrics
+                .snapshot_rows
+                .fetch_add(rows, Ordering::Relaxed);
+            self.metrics.commits.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(table = %st.source.qualified(), rows, "copied");
+        }
+        client.batch_execute("COMMIT").await?;
+        drop(exporter);
+        Ok(point)
+    }
+
+    async fn stream(
+        &mut self,
+        mut stream: ReplicationStream,
+        states: &mut [TableState],
+        target: Lsn,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<IngestReport> {
+        let by_oid: HashMap<u32, usize> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.source.oid, i))
+            .collect();
+        let mut report = IngestReport::default();
+        let mut txn: Option<Txn> = None;
+        let mut pending_rows = 0usize;
+        let mut pending_end: Option<Lsn> = None; // end_lsn of the last transaction received, not yet committed
+        let mut pending_ts: Vec<i64> = Vec::new(); // commit times of the pending transactions (freshness)
+        let mut batch_started = Instant::now();
+        let mut confirmed = Lsn(states.iter().map(|s| s.needed_from.0).min().unwrap_or(0));
+        let mut server_end = Lsn::ZERO;
+        let mut last_status = Instant::now();
+        let mut stopping = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            // Commit at a transaction boundary when the batch is big or old enough, or when stopping.
+            if txn.is_none()
+                && let Some(end) = pending_end
+                && (pending_rows >= self.cfg.batch_rows
+                    || batch_started.elapsed() >= self.cfg.batch_interval
+                    || stopping
+                    || (self.cfg.exit_when_caught_up && end >= target))
+            {
+                self.commit_batch(states, end).await?;
+                report.commits += 1;
+                let now = chrono::Utc::now().timestamp_micros();
+                if let Some(&last) = pending_ts.last() {
+                    self.metrics
+                        .last_commit_ts
+                        .store(last as u64, Ordering::Relaxed);
+                }
+                if self.cfg.record_freshness
+                    && let Ok(mut f) = self.metrics.freshness.lock()
+                {
+                    f.extend(pending_ts.iter().map(|&ts| (now - ts).max(0) as u64));
+                }
+                pending_ts.clear();
+                pending_rows = 0;
+                pending_end = None;
+                confirmed = confirmed.max(end);
+                crash::point("stream.before_status");
+                stream.send_status(confirmed, confirmed, false).await?;
+                self.metrics
+                    .confirmed_lsn
+                    .store(confirmed.0, Ordering::Relaxed);
+                last_status = Instant::now();
+                crash::point("stream.after_status");
+            }
+            let idle = txn.is_none() && pending_end.is_none();
+            if idle
+                && (stopping
+                    || (self.cfg.exit_when_caught_up && confirmed.max(server_end) >= target))
+            {
+                stream.send_status(confirmed, confirmed, false).await?;
+                self.metrics
+                    .confirmed_lsn
+                    .store(confirmed.0, Ordering::Relaxed);
+                report.confirmed = confirmed;
+                report.changes = self.metrics.changes.load(Ordering::Relaxed);
+                report.skipped = self.metrics.skipped.load(Ordering::Relaxed);
+                report.transactions = self.metrics.transactions.load(Ordering::Relaxed);
+                return Ok(report);
+            }
+            if last_status.elapsed() >= Duration::from_secs(5) {
+                stream.send_status(confirmed, confirmed, false).await?;
+                last_status = Instant::now();
+            }
+
+            let msg = tokio::select! {
+                m = stream.next() => m?,
+                _ = tick.tick() => continue,
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        tracing::info!("shutdown requested: finishing the current batch");
+                        stopping = true;
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                ReplicationMessage::Keepalive { wal_end, reply } => {
+                    server_end = server_end.max(wal_end);
+                    if idle {
+                        // Everything before wal_end has been received and committed.
+                        confirmed = confirmed.max(wal_end);
+                    }
+                    if reply || idle {
+                        stream.send_status(confirmed, confirmed, false).await?;
+                        self.metrics
+                            .confirmed_lsn
+                            .store(confirmed.0, Ordering::Relaxed);
+                        last_status = Instant::now();
+                    }
+                }
+                ReplicationMessage::XLogData { data, .. } => {
+                    let m = pgoutput::decode(&data)?;
+                    match m {
+                        Message::Begin {
+                            final_lsn,
+                            commit_ts,
+                            xid,
+                        } => {
+                            crash::point("stream.begin");
+                            if pending_end.is_none() {
+                                batch_started = Instant::now();
+                            }
+                            txn = Some(Txn {
+                                final_lsn,
+                                commit_ts,
+                                xid,
+                                seq: 0,
+                            });
+                        }
+                        Message::Commit {
+                            end_lsn, commit_ts, ..
+                        } => {
+                            txn.take().ok_or_else(|| {
+                                IngestError::Protocol("commit without begin".into())
+                            })?;
+                            self.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                            pending_end = Some(end_lsn);
+                            pending_ts.push(commit_ts + PG_EPOCH_OFFSET_MICROS);
+                            crash::point("stream.after_commit_message");
+                            // Bounded memory: hand big buffers to the sink between transactions too.
+                            for (i, st) in states.iter_mut().enumerate() {
+                                if st.buf.len() >= self.cfg.flush_rows {
+                                    self.sink.write(i, st.buf.finish()?).await?;
+                                }
+                            }
+                        }
+                        Message::Relation(rel) => {
+                            if let Some(&i) = by_oid.get(&rel.oid) {
+                                check_relation(&states[i].source, &rel)?;
+                                states[i].relation_checked = true;
+                            } else {
+                                return Err(IngestError::Protocol(format!(
+                                    "table {}.{} joined the publication after the start; restart the ingester to copy it",
+                                    rel.namespace, rel.name
+                                )));
+                            }
+                        }
+                        Message::Type { .. } | Message::Origin | Message::LogicalMessage => {}
+                        Message::Insert { rel, new } => {
+                            let t = txn.as_mut().ok_or_else(|| {
+                                IngestError::Protocol("change outside a transaction".into())
+                            })?;
+                            pending_rows +=
+                                self.apply(states, &by_oid, t, rel, Change::Insert(&new))?;
+                        }
+                        Message::Update { rel, old, new } => {
+                            let t = txn.as_mut().ok_or_else(|| {
+                                IngestError::Protocol("change outside a transaction".into())
+                            })?;
+                            pending_rows += self.apply(
+                                states,
+                                &by_oid,
+                                t,
+                                rel,
+                                Change::Update(old.as_ref(), &new),
+                            )?;
+                        }
+                        Message::Delete { rel, old } => {
+                            let t = txn.as_mut().ok_or_else(|| {
+                                IngestError::Protocol("change outside a transaction".into())
+                            })?;
+                            pending_rows +=
+                                self.apply(states, &by_oid, t, rel, Change::Delete(&old))?;
+                        }
+                        Message::Truncate { rels } => {
+                            let t = txn.as_mut().ok_or_else(|| {
+                                IngestError::Protocol("change outside a transaction".into())
+                            })?;
+                            for rel in rels {
+                                pending_rows +=
+                                    self.apply(states, &by_oid, t, rel, Change::Truncate)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends one decoded change to its table's buffer; returns rows added.
+    fn apply(
+        &mut self,
+        states: &mut [TableState],
+        by_oid: &HashMap<u32, usize>,
+        t: &mut Txn,
+        rel: u32,
+        change: Change<'_, '_>,
+    ) -> Result<usize> {
+        let &i = by_oid
+            .get(&rel)
+            .ok_or_else(|| IngestError::Protocol(format!("change for unknown relation {rel}")))?;
+        let st = &mut states[i];
+        if t.final_lsn < st.needed_from {
+            self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(0);
+        }
+        let mut meta = ChangeMeta {
+            lsn: t.final_lsn.0 as i64,
+            txid: Some(t.xid as i64),
+            commit_ts: t.commit_ts + PG_EPOCH_OFFSET_MICROS,
+            seq: t.seq,
+        };
+        let mut added = 0;
+        match change {
+            Change::Insert(new) => {
+                st.buf.push_cells(Op::Insert, new, meta)?;
+                added += 1;
+            }
+            Change::Update(old, new) => {
+                if let Some((_, old_cells)) = old
+                    && key_changed(&st.source, old_cells, new)
+                {
+                    // The row moved to a new key: retire the old key first.
+                    st.buf.push_cells(Op::Delete, old_cells, meta)?;
+                    t.seq += 1;
+                    meta.seq = t.seq;
+                    added += 1;
+                }
+                st.buf.push_cells(Op::Update, new, meta)?;
+                added += 1;
+            }
+            Change::Delete((_, old)) => {
+                st.buf.push_cells(Op::Delete, old, meta)?;
+                added += 1;
+            }
+            Change::Truncate => {
+                st.buf.push_truncate(meta);
+                added += 1;
+            }
+        }
+        t.seq += 1;
+        crash::point("stream.mid_txn");
+        self.metrics
+            .changes
+            .fetch_add(added as u64, Ordering::Relaxed);
+        Ok(added)
+    }
+
+    async fn commit_batch(&mut self, states: &mut [TableState], end: Lsn) -> Result<()> {
+        for (i, st) in states.iter_mut().enumerate() {
+            if !st.buf.is_empty() {
+                self.sink.write(i, st.buf.finish()?).await?;
+            }
+        }
+        crash::point("stream.before_sink_commit");
+        self.sink.commit(end.0, &[]).await?;
+        crash::point("stream.after_sink_commit");
+        for st in states.iter_mut() {
+            st.needed_from = st.needed_from.max(end);
+        }
+        self.metrics.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+enum Change<'c, 'a> {
+    Insert(&'c [Cell<'a>]),
+    Update(Option<&'c (OldImage, Vec<Cell<'a>>)>, &'c [Cell<'a>]),
+    Delete(&'c (OldImage, Vec<Cell<'a>>)),
+    Truncate,
+}
+
+/// Whether an update moved the row to another key (compares the key columns' text).
+fn key_changed(table: &SourceTable, old: &[Cell<'_>], new: &[Cell<'_>]) -> bool {
+    table.columns.iter().enumerate().any(|(i, c)| {
+        table.key.contains(&c.name)
+            && !matches!(new.get(i), Some(Cell::Unchanged))
+            && old.get(i) != new.get(i)
+    })
+}
+
+/// Fails if a Relation message no longer matches the columns captured at start.
+fn check_relation(table: &SourceTable, rel: &Relation) -> Result<()> {
+    let have: Vec<(&str, u32)> = table
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid))
+        .collect();
+    let got: Vec<(&str, u32)> = rel
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid))
+        .collect();
+    if have == got {
+        return Ok(());
+    }
+    let added: Vec<&str> = got
+        .iter()
+        .filter(|g| !have.iter().any(|h| h.0 == g.0))
+        .map(|g| g.0)
+        .collect();
+    let dropped: Vec<&str> = have
+        .iter()
+        .filter(|h| !got.iter().any(|g| g.0 == h.0))
+        .map(|h| h.0)
+        .collect();
+    let retyped: Vec<&str> = got
+        .iter()
+        .filter(|g| have.iter().any(|h| h.0 == g.0 && h.1 != g.1))
+        .map(|g| g.0)
+        .collect();
+    Err(IngestError::SchemaChanged {
+        table: table.qualified(),
+        change: format!("added {added:?}, dropped {dropped:?}, retyped {retyped:?}"),
+    })
+}
+
+async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Client> {
+    let mut cfg: tokio_postgres::Config = info
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| IngestError::InvalidUrl(e.to_string()))?;
+    cfg.options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=iso_8601");
+    cfg.application_name("bitvelocity");
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn current_wal_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
+    let s: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    s.parse()
+        .map_err(|e: crate::lsn::ParseLsnError| IngestError::Protocol(e.to_string()))
+}

@@ -1,0 +1,307 @@
+//! The source side: which tables a publication holds and how their types map.
+
+use lakehouse::{ChangeLogSchema, ColumnType, SourceColumn};
+use tokio_postgres::Client;
+
+use crate::{IngestError, Result};
+
+/// How a PostgreSQL column's text output is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgKind {
+    /// bool
+    Bool,
+    /// int2
+    Int2,
+    /// int4
+    Int4,
+    /// int8
+    Int8,
+    /// float4
+    Float4,
+    /// float8
+    Float8,
+    /// numeric(p, s) with p ≤ 38 and s ≥ 0: an exact decimal.
+    Decimal {
+        /// Precision.
+        precision: u8,
+        /// Scale.
+        scale: i8,
+    },
+    /// numeric without a usable (p, s): kept exactly, as its text.
+    NumericText,
+    /// text, varchar, char(n), name, json, jsonb, enums: kept as text.
+    Text,
+    /// bytea
+    Bytea,
+    /// date
+    Date,
+    /// time without time zone
+    Time,
+    /// timestamp without time zone
+    Timestamp,
+    /// timestamp with time zone (normalised to UTC)
+    TimestampTz,
+    /// uuid
+    Uuid,
+    /// One-dimensional array of a supported element type.
+    Array(Box<PgKind>),
+}
+
+impl PgKind {
+    /// The lakehouse type this kind is stored as.
+    pub fn column_type(&self) -> ColumnType {
+        match self {
+            PgKind::Bool => ColumnType::Boolean,
+            PgKind::Int2 | PgKind::Int4 => ColumnType::Int,
+            PgKind::Int8 => ColumnType::Long,
+            PgKind::Float4 => ColumnType::Float,
+            PgKind::Float8 => ColumnType::Double,
+            PgKind::Decimal { precision, scale } => ColumnType::Decimal {
+                precision: *precision as u32,
+                scale: *scale as u32,
+            },
+            PgKind::NumericText | PgKind::Text => ColumnType::String,
+            PgKind::Bytea => ColumnType::Binary,
+            PgKind::Date => ColumnType::Date,
+            PgKind::Time => ColumnType::Time,
+            PgKind::Timestamp => ColumnType::Timestamp,
+            PgKind::TimestampTz => ColumnType::TimestampTz,
+            PgKind::Uuid => ColumnType::Uuid,
+            PgKind::Array(e) => ColumnType::List(Box::new(e.column_type())),
+        }
+    }
+}
+
+/// A published column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgColumn {
+    /// Column name.
+    pub name: String,
+    /// Type OID.
+    pub type_oid: u32,
+    /// Type modifier.
+    pub type_modifier: i32,
+    /// The type as PostgreSQL prints it (`numeric(12,2)`).
+    pub type_name: String,
+    /// How its values are read.
+    pub kind: PgKind,
+}
+
+/// A table of the publication, as we capture it.
+#[derive(Debug, Clone)]
+pub struct SourceTable {
+    /// Table OID (what pgoutput names it by).
+    pub oid: u32,
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Published columns in order.
+    pub columns: Vec<PgColumn>,
+    /// Row identity used to replay the log (primary key, else all columns).
+    pub key: Vec<String>,
+    /// The change-log layout in the lakehouse.
+    pub changelog: ChangeLogSchema,
+}
+
+impl SourceTable {
+    /// `schema.table`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// The SELECT list that reproduces the published columns in order, for the initial copy.
+    pub fn select_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| crate::replication::quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+const COLUMNS_SQL: &str = "
+SELECT a.attname::text, a.atttypid::oid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod),
+       t.typtype::text, t.typcategory::text, t.typelem::oid::int8,
+       et.typtype::text, et.oid::int8
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+  AND (pt.attnames IS NULL OR a.attname = ANY(pt.attnames))
+ORDER BY a.attnum";
+
+/// Lists the tables of `publication` with their columns and keys, checking every type.
+///
+/// Fails before anything is written if a column has a type we cannot store.
+pub async fn discover(client: &Client, publication: &str) -> Result<Vec<SourceTable>> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    if exists.is_none() {
+        return Err(IngestError::PublicationNotFound(publication.to_string()));
+    }
+    let tables = client
+        .query(
+            "SELECT c.oid::int8, pt.schemaname::text, pt.tablename::text, pt.attnames::text[]
+             FROM pg_publication_tables pt
+             JOIN pg_namespace n ON n.nspname = pt.schemaname
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename
+             WHERE pt.pubname = $1 ORDER BY 2, 3",
+            &[&publication],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(tables.len());
+    let columns_sql = COLUMNS_SQL.replace("pt.attnames", "$2::text[]");
+    for row in tables {
+        let oid: i64 = row.get(0);
+        let schema: String = row.get(1);
+        let name: String = row.get(2);
+        let attnames: Option<Vec<String>> = row.get(3);
+        let qualified = format!("{schema}.{name}");
+        let mut columns = Vec::new();
+        for c in client.query(&columns_sql, &[&oid, &attnames]).await? {
+            let col_name: String = c.get(0);
+            let type_oid = c.get::<_, i64>(1) as u32;
+            let type_modifier: i32 = c.get(2);
+            let type_name: String = c.get(3);
+            let typtype: String = c.get(4);
+            let elem_typtype: Option<String> = c.get(7);
+            let elem_oid: Option<i64> = c.get(8);
+            let kind = if let (Some(et), Some(eo)) = (elem_typtype, elem_oid) {
+                // Arrays: element typmod is the column's typmod.
+                scalar_kind(eo as u32, &et, type_modifier).map(|k| PgKind::Array(Box::new(k)))
+            } else {
+                scalar_kind(type_oid, &typtype, type_modifier)
+            };
+            let kind = kind.ok_or_else(|| IngestError::UnsupportedType {
+                table: qualified.clone(),
+                column: col_name.clone(),
+                type_name: type_name.clone(),
+            })?;
+            columns.push(PgColumn {
+                name: col_name,
+                type_oid,
+                type_modifier,
+                type_name,
+                kind,
+            });
+        }
+        let key: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_index i
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+                 WHERE i.indrelid = $1::int8::oid AND i.indisprimary
+                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let key = if key.is_empty() {
+            columns.iter().map(|c| c.name.clone()).collect()
+        } else {
+            key
+        };
+        let changelog = ChangeLogSchema {
+            source_schema: schema.clone(),
+            source_table: name.clone(),
+            columns: columns
+                .iter()
+                .map(|c| SourceColumn {
+                    name: c.name.clone(),
+                    ty: c.kind.column_type(),
+                })
+                .collect(),
+            key: key.clone(),
+        };
+        out.push(SourceTable {
+            oid: oid as u32,
+            schema,
+            name,
+            columns,
+            key,
+            changelog,
+        });
+    }
+    Ok(out)
+}
+
+/// Maps a non-array type; `None` means unsupported.
+fn scalar_kind(oid: u32, typtype: &str, typmod: i32) -> Option<PgKind> {
+    if typtype == "e" {
+        return Some(PgKind::Text);
+    }
+    Some(match oid {
+        16 => PgKind::Bool,
+        17 => PgKind::Bytea,
+        19 | 25 | 1042 | 1043 | 114 | 3802 => PgKind::Text,
+        20 => PgKind::Int8,
+        21 => PgKind::Int2,
+        23 => PgKind::Int4,
+        700 => PgKind::Float4,
+        701 => PgKind::Float8,
+        1082 => PgKind::Date,
+        1083 => PgKind::Time,
+        1114 => PgKind::Timestamp,
+        1184 => PgKind::TimestampTz,
+        2950 => PgKind::Uuid,
+        1700 => numeric_kind(typmod),
+        _ => return None,
+    })
+}
+
+/// numeric(p, s) fits an Iceberg decimal when 1 ≤ p ≤ 38 and 0 ≤ s ≤ p; anything
+/// else (unconstrained numeric, negative scale) is kept as exact text.
+fn numeric_kind(typmod: i32) -> PgKind {
+    if typmod < 4 {
+        return PgKind::NumericText;
+    }
+    let t = typmod - 4;
+    let precision = (t >> 16) & 0xffff;
+    // PostgreSQL 15 stores the scale as an 11-bit signed number.
+    let scale = ((t & 0x7ff) ^ 1024) - 1024;
+    if (1..=38).contains(&precision) && (0..=precision).contains(&scale) {
+        PgKind::Decimal {
+            precision: precision as u8,
+            scale: scale as i8,
+        }
+    } else {
+        PgKind::NumericText
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_typmods() {
+        // numeric(12,2): typmod = ((12 << 16) | 2) + 4
+        assert_eq!(
+            numeric_kind(((12 << 16) | 2) + 4),
+            PgKind::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        );
+        assert_eq!(numeric_kind(-1), PgKind::NumericText);
+        assert_eq!(numeric_kind(((60 << 16) | 2) + 4), PgKind::NumericText);
+        // numeric(5,-2): scale stored as 11-bit two's complement
+        assert_eq!(
+            numeric_kind(((5 << 16) | (2048 - 2)) + 4),
+            PgKind::NumericText
+        );
+    }
+
+    #[test]
+    fn unsupported_types_are_none() {
+        assert_eq!(scalar_kind(1186, "b", -1), None); // interval
+        assert_eq!(scalar_kind(1266, "b", -1), None); // timetz
+        assert_eq!(scalar_kind(12345, "e", -1), Some(PgKind::Text));
+    }
+}

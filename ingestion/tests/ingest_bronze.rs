@@ -1,0 +1,329 @@
+//! End-to-end capture into bronze against a real PostgreSQL and the SQL catalog.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_bronze_matches, bronze_changes, connect, ingest_caught_up, start_pg, tables};
+
+const TYPES_SCHEMA: &str = "
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE typed (
+    id bigserial PRIMARY KEY,
+    b bool, i2 int2, i4 int4, f4 float4, f8 float8,
+    d numeric(10, 3), n numeric, t text, v varchar(20), c char(4),
+    by bytea, dt date, tm time, ts timestamp, tstz timestamptz,
+    u uuid, j json, jb jsonb, m mood, ai int4[], at text[], ad numeric(6,2)[], ats timestamptz[]
+);
+CREATE PUBLICATION p FOR TABLE typed;
+";
+
+const TYPED_ROWS: &str = "
+INSERT INTO typed (b, i2, i4, f4, f8, d, n, t, v, c, by, dt, tm, ts, tstz, u, j, jb, m, ai, at, ad, ats) VALUES
+ (true, 1, 2, 1.25, 'NaN', 0.5, 'NaN', E'line\\nbreak\\ttab\\\\slash', 'x', 'a', '\\x', '1970-01-01', '00:00:00', '1970-01-01 00:00:00', '1970-01-01 00:00:00+00',
+  gen_random_uuid(), '[]', '{}', 'sad', '{}', '{}', '{}', '{}'),
+ (false, -32768, -2147483648, '-Infinity', 1e308, -9999999.999, 1e100, 'ünïcödé ✓', repeat('v', 20), 'abcd', '\\xdeadbeef', '0001-01-01 BC', '23:59:59.999999',
+  '2262-04-11 23:47:16.854775', '1900-06-30 23:59:60+01', gen_random_uuid(), '{\"k\": \"v\"}', '[1, \"two\", null]', 'happy',
+  '{NULL}', '{\"\",\"NULL\",NULL,\"with,comma\",\"with\\\"quote\"}', '{1.50,-2.25,NULL}', '{\"2020-01-01 00:00:00+00\",NULL}'),
+ (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+";
+
+#[tokio::test]
+async fn every_supported_type_round_trips_through_copy_and_stream() {
+    let (_pg, url) = start_pg("types").await;
+    let client = connect(&url).await;
+    client.batch_execute(TYPES_SCHEMA).await.unwrap();
+    client.batch_execute(TYPED_ROWS).await.unwrap(); // read by the initial copy
+    let dir = tempfile::tempdir().unwrap();
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(report.snapshot_rows, 3);
+    client.batch_execute(TYPED_ROWS).await.unwrap(); // read from the stream
+    client
+        .batch_execute("UPDATE typed SET t = t || '!', ai = array_append(ai, 9) WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(report.changes, 3 + 3);
+    let t = tables(&client, "p").await.remove(0);
+    assert_eq!(assert_bronze_matches(&client, dir.path(), &t).await, 6);
+}
+
+#[tokio::test]
+async fn writes_during_the_initial_copy_appear_exactly_once() {
+    let (_pg, url) = start_pg("handoff").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE ev (id bigserial PRIMARY KEY, k int NOT NULL, payload text NOT NULL);
+             CREATE PUBLICATION p FOR TABLE ev;
+             INSERT INTO ev (k, payload) SELECT g % 100, md5(g::text) FROM generate_series(1, 200000) g;",
+        )
+        .await
+        .unwrap();
+    // A writer that keeps inserting, updating and deleting while the copy runs.
+    let writer_url = url.clone();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let c = connect(&writer_url).await;
+        let mut n = 0u64;
+        while !*stop_rx.borrow_and_update() {
+            c.batch_execute(&format!(
+                "BEGIN; INSERT INTO ev (k, payload) VALUES ({n} % 100, 'live'); UPDATE ev SET payload = 'upd' WHERE id = {}; DELETE FROM ev WHERE id = {}; COMMIT;",
+                (n * 7919) % 200_000 + 1,
+                (n * 104_729) % 200_000 + 1
+            ))
+            .await
+            .unwrap();
+            n += 1;
+        }
+        n
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().to_path_buf();
+    let ingest_url = url.clone();
+    let (ingest_stop, ingest_rx) = tokio::sync::watch::channel(false);
+    let ingest = tokio::spawn(async move {
+        let mut cfg = ingestion::IngestConfig::new(ingest_url, "p");
+        cfg.batch_interval = Duration::from_millis(200);
+        let cat = catalog::Warehouse::new(&wh)
+            .unwrap()
+            .open_catalog()
+            .await
+            .unwrap();
+        let sink = lakehouse::BronzeSink::new(cat).await.unwrap();
+        let mut ing = ingestion::Ingester::new(cfg, sink);
+        let m = ing.metrics();
+        let r = ing.run(ingest_rx).await;
+        (r, m)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send(true).unwrap();
+    let writes = writer.await.unwrap();
+    assert!(writes > 50, "the writer ran only {writes} transactions");
+    // Let the ingester catch up with the last write, then stop it cleanly.
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let target: ingestion::Lsn = target.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            !ingest.is_finished(),
+            "the ingester stopped before catching up"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingester did not catch up within 60 s"
+        );
+        let s: Option<String> = client
+            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let s: ingestion::Lsn = s.unwrap().parse().unwrap();
+        if s >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ingest_stop.send(true).unwrap();
+    let (report, _) = ingest.await.unwrap();
+    let report = report.unwrap();
+    assert!(report.snapshot_rows > 0 && report.changes > 0, "{report:?}");
+    let t = tables(&client, "p").await.remove(0);
+    assert_bronze_matches(&client, dir.path(), &t).await;
+    // Every row the writer inserted (ids above the seed) appears as exactly one insert,
+    // from the copy or from the stream, never both, never neither.
+    let changes = bronze_changes(dir.path(), &t).await;
+    let mut live: Vec<i64> = changes
+        .iter()
+        .filter(|c| c.op == "insert")
+        .filter_map(|c| match c.values[0] {
+            common::Val::Int(id) if id > 200_000 => Some(id),
+            _ => None,
+        })
+        .collect();
+    live.sort_unstable();
+    assert_eq!(
+        live,
+        (200_001..=200_000 + writes as i64).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn identity_full_key_changes_toast_and_truncate_replay_exactly() {
+    let (_pg, url) = start_pg("shapes").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE keyed (id int PRIMARY KEY, doc text, n int);
+             ALTER TABLE keyed ALTER COLUMN doc SET STORAGE EXTERNAL;
+             CREATE TABLE nokey (a int, b text);
+             ALTER TABLE nokey REPLICA IDENTITY FULL;
+             CREATE TABLE composite (x int, y text, v int, PRIMARY KEY (x, y));
+             CREATE PUBLICATION p FOR ALL TABLES;
+             INSERT INTO keyed SELECT g, repeat(md5(g::text), 200), g FROM generate_series(1, 20) g;
+             INSERT INTO nokey VALUES (1, 'a'), (1, 'a'), (2, 'b');",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    client
+        .batch_execute(
+            "UPDATE keyed SET n = n + 100 WHERE id <= 10;            -- doc unchanged: TOAST not sent
+             UPDATE keyed SET id = id + 1000 WHERE id % 3 = 0;      -- key change
+             DELETE FROM keyed WHERE id = 2;
+             UPDATE nokey SET b = 'z' WHERE a = 2;
+             DELETE FROM nokey WHERE a = 1;
+             INSERT INTO nokey VALUES (3, NULL);
+             INSERT INTO composite VALUES (1, 'a', 1), (1, 'b', 2);
+             UPDATE composite SET y = 'c' WHERE y = 'a';
+             BEGIN; TRUNCATE composite; INSERT INTO composite VALUES (9, 'after', 9); COMMIT;",
+        )
+        .await
+        .unwrap();
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert!(report.changes > 20);
+    for t in tables(&client, "p").await {
+        assert_bronze_matches(&client, dir.path(), &t).await;
+    }
+    let keyed = tables(&client, "p")
+        .await
+        .into_iter()
+        .find(|t| t.name == "keyed")
+        .unwrap();
+    let changes = bronze_changes(dir.path(), &keyed).await;
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.unchanged == vec!["doc".to_string()]),
+        "no unchanged-TOAST row recorded"
+    );
+}
+
+#[tokio::test]
+async fn restart_resumes_where_it_stopped_without_duplicates() {
+    let (_pg, url) = start_pg("restart").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION p FOR TABLE a, b; INSERT INTO a VALUES (1, 'x');",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r1 = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!((r1.snapshot_rows, r1.changes), (1, 0));
+    for i in 2..=50 {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO a VALUES ({i}, 'a'); INSERT INTO b VALUES ({i}, 'b');"
+            ))
+            .await
+            .unwrap();
+    }
+    let r2 = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(r2.changes, 98);
+    // Nothing new: a third run writes nothing.
+    let r3 = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(r3.changes, 0);
+    assert_eq!(r3.snapshot_rows, 0);
+    for t in tables(&client, "p").await {
+        assert_bronze_matches(&client, dir.path(), &t).await;
+    }
+}
+
+#[tokio::test]
+async fn unsupported_type_fails_before_writing_and_keeps_committed_tables() {
+    let (_pg, url) = start_pg("badtype").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE good (id int PRIMARY KEY); CREATE TABLE bad (id int PRIMARY KEY, span interval);
+             CREATE PUBLICATION p FOR TABLE good; INSERT INTO good SELECT generate_series(1, 10);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    client
+        .batch_execute("ALTER PUBLICATION p ADD TABLE bad; INSERT INTO good VALUES (11);")
+        .await
+        .unwrap();
+    let err = ingest_caught_up(&url, "p", dir.path()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unsupported type: table public.bad, column span has type interval"
+    );
+    // The committed table is intact and no table was created for the bad one.
+    let good = tables_ok(&client).await;
+    assert_eq!(bronze_changes(dir.path(), &good).await.len(), 10);
+    let cat = catalog::Warehouse::new(dir.path())
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let names: Vec<String> = cat
+        .list_tables(&catalog::NamespaceIdent::new("bronze".into()))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name().to_string())
+        .collect();
+    assert_eq!(names, vec!["good".to_string()]);
+}
+
+async fn tables_ok(client: &tokio_postgres::Client) -> ingestion::source::SourceTable {
+    client
+        .batch_execute("CREATE PUBLICATION only_good FOR TABLE good")
+        .await
+        .unwrap();
+    tables(client, "only_good").await.remove(0)
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers_are_one_line_errors() {
+    let err = ingestion::replication::ConnInfo::parse("mysql://nope").unwrap_err();
+    assert!(
+        err.to_string().starts_with("invalid PostgreSQL URL"),
+        "{err}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let err = ingest_caught_up(
+        &format!("postgres://postgres@127.0.0.1:{port}/db"),
+        "p",
+        dir.path(),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port}")),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'));
+    // A reachable server with a missing database or publication names it.
+    let (_pg, url) = start_pg("exists").await;
+    let err = ingest_caught_up(&url.replace("/exists", "/missing"), "p", dir.path())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("database \"missing\" does not exist"),
+        "{err}"
+    );
+    let err = ingest_caught_up(&url, "nopub", dir.path())
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "publication \"nopub\" does not exist");
+}

@@ -1,0 +1,73 @@
+//! Errors of the lakehouse crate.
+
+/// What went wrong while writing or reading lakehouse tables.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LakehouseError {
+    /// The catalog could not be opened or refused a commit.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
+    /// An existing table does not have the layout the source now needs.
+    #[error("table {table} does not match its source: {message}")]
+    SchemaMismatch {
+        /// The lakehouse table.
+        table: String,
+        /// What differs.
+        message: String,
+    },
+    /// A snapshot summary carries a source position we cannot read.
+    #[error("table {table}: bad source position {value:?} in snapshot summary")]
+    BadProgress {
+        /// The lakehouse table.
+        table: String,
+        /// The stored text.
+        value: String,
+    },
+    /// A write named a table the sink was not prepared for.
+    #[error("table #{0} was not prepared")]
+    UnknownTable(usize),
+    /// Writing files or committing a snapshot failed.
+    #[error("iceberg on {table}: {source}")]
+    Iceberg {
+        /// The lakehouse table.
+        table: String,
+        /// The iceberg error.
+        #[source]
+        source: Box<iceberg::Error>,
+    },
+    /// Building Arrow data failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// A query failed.
+    #[error("query: {0}")]
+    Query(#[source] Box<datafusion::error::DataFusionError>),
+}
+
+impl LakehouseError {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LakehouseError::Catalog(e) => e.is_retryable(),
+            LakehouseError::Iceberg { source, .. } => source.retryable(),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn iceberg(
+        table: &impl std::fmt::Display,
+    ) -> impl FnOnce(iceberg::Error) -> Self + '_ {
+        move |source| LakehouseError::Iceberg {
+            table: table.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = LakehouseError> = std::result::Result<T, E>;
+
+impl From<datafusion::error::DataFusionError> for LakehouseError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        LakehouseError::Query(Box::new(e))
+    }
+}

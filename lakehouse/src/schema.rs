@@ -1,0 +1,304 @@
+//! The layout of change-log tables: source columns plus change metadata.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
+
+use crate::{LakehouseError, Result};
+
+/// Column holding the kind of change: `insert`, `update`, `delete` or `truncate`.
+pub const OP_COLUMN: &str = "_op";
+/// Column holding the source commit LSN (as a number; PostgreSQL prints it as hex/hex).
+pub const LSN_COLUMN: &str = "_lsn";
+/// Column holding the source transaction id (null for rows of the initial copy).
+pub const TXID_COLUMN: &str = "_txid";
+/// Column holding the source commit time (UTC).
+pub const COMMIT_TS_COLUMN: &str = "_commit_ts";
+/// Column holding the order of the change within its source transaction.
+pub const SEQ_COLUMN: &str = "_seq";
+/// Column naming the columns whose value did not change and was not sent (unchanged TOAST).
+pub const UNCHANGED_COLUMN: &str = "_unchanged_cols";
+
+/// Names of the metadata columns every change-log table carries after the source columns.
+pub const META_COLUMNS: &[&str] = &[
+    OP_COLUMN,
+    LSN_COLUMN,
+    TXID_COLUMN,
+    COMMIT_TS_COLUMN,
+    SEQ_COLUMN,
+    UNCHANGED_COLUMN,
+];
+
+/// A column type the lakehouse stores; sources map their own types onto these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    /// true/false.
+    Boolean,
+    /// 32-bit integer.
+    Int,
+    /// 64-bit integer.
+    Long,
+    /// 32-bit float.
+    Float,
+    /// 64-bit float.
+    Double,
+    /// Exact decimal with precision ≤ 38.
+    Decimal {
+        /// Total digits.
+        precision: u32,
+        /// Digits after the point.
+        scale: u32,
+    },
+    /// UTF-8 text.
+    String,
+    /// Bytes.
+    Binary,
+    /// Calendar date.
+    Date,
+    /// Time of day, microseconds.
+    Time,
+    /// Timestamp without zone, microseconds.
+    Timestamp,
+    /// Instant, microseconds, UTC.
+    TimestampTz,
+    /// 128-bit UUID.
+    Uuid,
+    /// List of elements of one type.
+    List(Box<ColumnType>),
+}
+
+impl ColumnType {
+    fn to_iceberg(&self, next_id: &mut i32) -> Type {
+        let p = |t| Type::Primitive(t);
+        match self {
+            ColumnType::Boolean => p(PrimitiveType::Boolean),
+            ColumnType::Int => p(PrimitiveType::Int),
+            ColumnType::Long => p(PrimitiveType::Long),
+            ColumnType::Float => p(PrimitiveType::Float),
+            ColumnType::Double => p(PrimitiveType::Double),
+            ColumnType::Decimal { precision, scale } => p(PrimitiveType::Decimal {
+                precision: *precision,
+                scale: *scale,
+            }),
+            ColumnType::String => p(PrimitiveType::String),
+            ColumnType::Binary => p(PrimitiveType::Binary),
+            ColumnType::Date => p(PrimitiveType::Date),
+            ColumnType::Time => p(PrimitiveType::Time),
+            ColumnType::Timestamp => p(PrimitiveType::Timestamp),
+            ColumnType::TimestampTz => p(PrimitiveType::Timestamptz),
+            ColumnType::Uuid => p(PrimitiveType::Uuid),
+            ColumnType::List(inner) => {
+                let id = *next_id;
+                *next_id += 1;
+                let element = inner.to_iceberg(next_id);
+                Type::List(ListType::new(Arc::new(NestedField::list_element(
+                    id, element, false,
+                ))))
+            }
+        }
+    }
+}
+
+/// One column of a source table as the lakehouse stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceColumn {
+    /// Column name, as in the source.
+    pub name: String,
+    /// Stored type.
+    pub ty: ColumnType,
+}
+
+/// A source table and the change-log table that records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeLogSchema {
+    /// Source schema (PostgreSQL namespace).
+    pub source_schema: String,
+    /// Source table name.
+    pub source_table: String,
+    /// Source columns, in source order.
+    pub columns: Vec<SourceColumn>,
+    /// Columns that identify a row (primary key, or every column without one).
+    pub key: Vec<String>,
+}
+
+impl ChangeLogSchema {
+    /// Name of the lakehouse table: the source name, prefixed by its schema unless `public`.
+    pub fn table_name(&self) -> String {
+        if self.source_schema == "public" {
+            self.source_table.clone()
+        } else {
+            format!("{}_{}", self.source_schema, self.source_table)
+        }
+    }
+
+    /// `schema.table` of the source, for messages and table properties.
+    pub fn qualified_source(&self) -> String {
+        format!("{}.{}", self.source_schema, self.source_table)
+    }
+
+    /// The Iceberg schema: source columns (all optional: deletes carry only the key),
+    /// then the metadata columns.
+    pub fn iceberg_schema(&self) -> Result<Schema> {
+        let mut next_id = 1;
+        let mut fields = Vec::with_capacity(self.columns.len() + META_COLUMNS.len());
+        // Field ids of top-level columns come first so they stay stable as 1..=n.
+        let top = self.columns.len() as i32 + META_COLUMNS.len() as i32;
+        let mut nested_id = top + 1;
+        for c in &self.columns {
+            let ty = c.ty.to_iceberg(&mut nested_id);
+            fields.push(Arc::new(NestedField::optional(next_id, &c.name, ty)));
+            next_id += 1;
+        }
+        let string_list = ColumnType::List(Box::new(ColumnType::String)).to_iceberg(&mut nested_id);
+        let meta: [(&str, Type, bool); 6] = [
+            (OP_COLUMN, Type::Primitive(PrimitiveType::String), true),
+            (LSN_COLUMN, Type::Primitive(PrimitiveType::Long), true),
+            (TXID_COLUMN, Type::Primitive(PrimitiveType::Long), false),
+            (
+                COMMIT_TS_COLUMN,
+                Type::Primitive(PrimitiveType::Timestamptz),
+                true,
+            ),
+            (SEQ_COLUMN, Type::Primitive(PrimitiveType::Long), true),
+            (UNCHANGED_COLUMN, string_list, false),
+        ];
+        for (name, ty, required) in meta {
+            fields.push(Arc::new(NestedField::new(next_id, name, ty, required)));
+            next_id += 1;
+        }
+        Schema::builder()
+            .with_schema_id(0)
+            .with_fields(fields)
+            .build()
+            .map_err(LakehouseError::iceberg(&self.qualified_source()))
+    }
+
+    /// The Arrow schema (with Iceberg field ids) that writers of this table must produce.
+    pub fn arrow_schema(&self) -> Result<SchemaRef> {
+        let schema = self.iceberg_schema()?;
+        let arrow = iceberg::arrow::schema_to_arrow_schema(&schema)
+            .map_err(LakehouseError::iceberg(&self.qualified_source()))?;
+        Ok(Arc::new(arrow))
+    }
+
+    /// Checks that an existing table stores exactly these columns with these types.
+    pub fn check_compatible(&self, existing: &Schema) -> Result<()> {
+        let wanted = self.iceberg_schema()?;
+        let strip = |s: &Schema| -> Vec<(String, String)> {
+            s.as_struct()
+                .fields()
+                .iter()
+                .map(|f| (f.name.clone(), type_shape(&f.field_type)))
+                .collect()
+        };
+        let (have, want) = (strip(existing), strip(&wanted));
+        if have != want {
+            let describe = |v: &[(String, String)]| {
+                v.iter()
+                    .map(|(n, t)| format!("{n} {t}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(LakehouseError::SchemaMismatch {
+                table: self.table_name(),
+                message: format!(
+                    "stored columns ({}) differ from source ({})",
+                    describe(&have),
+                    describe(&want)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A type printed without field ids, for comparing layouts.
+fn type_shape(t: &Type) -> String {
+    match t {
+        Type::List(l) => format!("list<{}>", type_shape(&l.element_field.field_type)),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orders() -> ChangeLogSchema {
+        ChangeLogSchema {
+            source_schema: "public".into(),
+            source_table: "orders".into(),
+            columns: vec![
+                SourceColumn {
+                    name: "id".into(),
+                    ty: ColumnType::Long,
+                },
+                SourceColumn {
+                    name: "tags".into(),
+                    ty: ColumnType::List(Box::new(ColumnType::String)),
+                },
+                SourceColumn {
+                    name: "total".into(),
+                    ty: ColumnType::Decimal {
+                        precision: 12,
+                        scale: 2,
+                    },
+                },
+            ],
+            key: vec!["id".into()],
+        }
+    }
+
+    #[test]
+    fn top_level_field_ids_are_dense_and_meta_columns_follow() {
+        let s = orders().iceberg_schema().unwrap();
+        let names: Vec<(i32, String)> = s
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.id, f.name.clone()))
+            .collect();
+        assert_eq!(names[0], (1, "id".to_string()));
+        assert_eq!(names[3], (4, "_op".to_string()));
+        assert_eq!(names.last().unwrap(), &(9, "_unchanged_cols".to_string()));
+        // list element ids do not collide with top-level ids
+        let mut ids: Vec<i32> = Vec::new();
+        for f in s.as_struct().fields() {
+            ids.push(f.id);
+            if let Type::List(l) = f.field_type.as_ref() {
+                ids.push(l.element_field.id);
+            }
+        }
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+    }
+
+    #[test]
+    fn arrow_schema_carries_types() {
+        let a = orders().arrow_schema().unwrap();
+        assert_eq!(a.field(0).data_type(), &arrow::datatypes::DataType::Int64);
+        assert_eq!(
+            a.field(2).data_type(),
+            &arrow::datatypes::DataType::Decimal128(12, 2)
+        );
+        assert!(matches!(
+            a.field(6).data_type(),
+            arrow::datatypes::DataType::Timestamp(_, Some(_))
+        ));
+    }
+
+    #[test]
+    fn compatibility_rejects_a_changed_column() {
+        let s = orders();
+        s.check_compatible(&s.iceberg_schema().unwrap()).unwrap();
+        let mut other = orders();
+        other.columns[2].ty = ColumnType::Double;
+        let err = other
+            .check_compatible(&s.iceberg_schema().unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("orders"), "{err}");
+    }
+}

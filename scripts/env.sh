@@ -1,0 +1,43 @@
+# Shared settings for the project's scripts (sourced, not run).
+# Build output and the Python venv live outside the clone so later runs reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/bitvelocity/target}"
+export BITVELOCITY_VENV="${BITVELOCITY_VENV:-$HOME/.cache/bitvelocity/venv}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Installs what a fresh machine lacks. Fails loudly: nothing is skipped silently.
+ensure_system_deps() {
+    local missing=()
+    command -v initdb >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
+    command -v pg_recvlogical >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/pg_recvlogical ] || missing+=(postgresql-15)
+    command -v psql >/dev/null 2>&1 || missing+=(postgresql-client-15)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    if ! id postgres >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "the 'postgres' system user is missing: PostgreSQL cannot run as root" >&2
+        exit 1
+    fi
+}
+
+ensure_nextest() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "installing cargo-nextest"
+        cargo install cargo-nextest --locked
+    fi
+}
+
+# The venv for interoperability tests (pyiceberg, DuckDB with its offline Iceberg extension).
+ensure_venv() {
+    local stamp="$BITVELOCITY_VENV/.bitvelocity-requirements"
+    local want
+    want="$(cat "$(dirname "${BASH_SOURCE[0]}")/../tests/python/requirements.txt")"
+    if [ ! -x "$BITVELOCITY_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "creating Python venv at $BITVELOCITY_VENV"
+        python3 -m venv "$BITVELOCITY_VENV"
+        "$BITVELOCITY_VENV/bin/pip" install -q --upgrade pip
+        "$BITVELOCITY_VENV/bin/pip" install -q -r "$(dirname "${BASH_SOURCE[0]}")/../tests/python/requirements.txt"
+        printf '%s' "$want" > "$stamp"
+    fi
+    export BITVELOCITY_PYTHON="$BITVELOCITY_VENV/bin/python"
+}

@@ -1,0 +1,145 @@
+"""Reads BitVelocity's bronze tables with other engines and compares them with PostgreSQL.
+
+pyiceberg (SqlCatalog over the warehouse's catalog.db) and DuckDB (iceberg_scan of the
+current metadata file) each replay every change log (latest change per key by _lsn, _seq)
+and must return exactly the rows `SELECT * FROM` returns in PostgreSQL.
+Exit status 0 on success; prints one line per table and engine.
+"""
+
+import argparse
+import os
+import sys
+import uuid
+
+import duckdb
+import psycopg
+from pyiceberg.catalog.sql import SqlCatalog
+
+META = ["_op", "_lsn", "_txid", "_commit_ts", "_seq", "_unchanged_cols"]
+
+
+def canon(v):
+    if isinstance(v, uuid.UUID):
+        return v.bytes
+    if isinstance(v, memoryview):
+        return bytes(v)
+    if isinstance(v, list):
+        return tuple(canon(x) for x in v)
+    return v
+
+
+def pg_rows(conn, table, columns, key):
+    types = dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s",
+            (table,),
+        ).fetchall()
+    )
+    exprs = []
+    for c in columns:
+        if types[c] in ("json", "jsonb", "USER-DEFINED", "numeric"):
+            exprs.append(f'"{c}"::text')
+        else:
+            exprs.append(f'"{c}"')
+    rows = conn.execute(f"SELECT {', '.join(exprs)} FROM \"{table}\"").fetchall()
+    out = {}
+    for r in rows:
+        r = tuple(canon(v) for v in r)
+        out[tuple(r[columns.index(k)] for k in key)] = r
+    return out
+
+
+def replay(records, columns, key):
+    state = {}
+    last_deleted = None
+    records.sort(key=lambda r: (r["_lsn"], r["_seq"]))
+    for r in records:
+        op = r["_op"]
+        if op == "truncate":
+            state.clear()
+            continue
+        row = tuple(canon(r[c]) for c in columns)
+        k = tuple(row[columns.index(c)] for c in key)
+        if op == "delete":
+            old = state.pop(k, None)
+            last_deleted = (r["_lsn"], r["_seq"], old)
+        else:
+            unchanged = r["_unchanged_cols"] or []
+            if unchanged:
+                # A key change logs the old key's delete right before the update.
+                moved = last_deleted[2] if last_deleted and last_deleted[:2] == (r["_lsn"], r["_seq"] - 1) else None
+                prev = state.get(k, moved)
+                row = tuple(prev[i] if c in unchanged else row[i] for i, c in enumerate(columns))
+            state[k] = row
+    return state
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--warehouse", required=True)
+    p.add_argument("--pg", required=True)
+    p.add_argument("--tables", required=True)
+    a = p.parse_args()
+    wh = os.path.abspath(a.warehouse)
+    catalog = SqlCatalog(
+        "bitvelocity", uri=f"sqlite:///{wh}/catalog.db", warehouse=f"file://{wh}"
+    )
+    import duckdb_ext
+
+    ext_dir = os.path.join(os.path.dirname(duckdb_ext.__file__), "extensions")
+    duck = duckdb.connect(config={"extension_directory": ext_dir, "autoinstall_known_extensions": False})
+    duck.execute("LOAD iceberg")
+    failures = 0
+    with psycopg.connect(a.pg) as conn:
+        for name in a.tables.split(","):
+            table = catalog.load_table(("bronze", name))
+            key = table.properties["bitvelocity.key-columns"].split(",")
+            arrow = table.scan().to_arrow()
+            columns = [f for f in arrow.column_names if f not in META]
+            want = pg_rows(conn, name, columns, key)
+            # numeric values: bronze holds decimals, PostgreSQL text; render bronze decimals as text.
+            records = arrow.to_pylist()
+            for r in records:
+                for c in columns:
+                    v = r[c]
+                    if v is not None and type(v).__name__ == "Decimal":
+                        r[c] = str(v)
+            got = replay(records, columns, key)
+            ok = got == want
+            print(f"pyiceberg {name}: {len(arrow)} changes, {len(got)} live rows, postgres {len(want)}: {'OK' if ok else 'MISMATCH'}")
+            if not ok:
+                failures += 1
+                missing = [k for k in want if k not in got][:3]
+                extra = [k for k in got if k not in want][:3]
+                differ = [(want[k], got[k]) for k in want if k in got and got[k] != want[k]][:2]
+                print(f"  missing {missing} extra {extra} differ {differ}")
+
+            # DuckDB: the replay as SQL over iceberg_scan of the current metadata file.
+            meta = table.metadata_location.removeprefix("file://")
+            keys = ", ".join(f'"{k}"' for k in key)
+            cols = ", ".join(f'"{c}"' for c in columns)
+            sql = f"""
+                WITH c AS (SELECT * FROM iceberg_scan('{meta}')),
+                t AS (SELECT _lsn AS tl, _seq AS tq FROM c WHERE _op = 'truncate'
+                      UNION ALL SELECT -1, -1 ORDER BY tl DESC, tq DESC LIMIT 1),
+                r AS (SELECT c.*, row_number() OVER (PARTITION BY {keys} ORDER BY _lsn DESC, _seq DESC) AS rn
+                      FROM c, t WHERE _op <> 'truncate' AND (_lsn > tl OR (_lsn = tl AND _seq > tq)))
+                SELECT {cols}, len(coalesce(_unchanged_cols, [])) AS nunchanged FROM r WHERE rn = 1 AND _op <> 'delete'"""
+            rows = duck.execute(sql).fetchall()
+            drows = {}
+            partial = False
+            for row in rows:
+                vals = tuple(str(v) if type(v).__name__ == "Decimal" else canon(v) for v in row[:-1])
+                partial |= row[-1] > 0
+                drows[tuple(vals[columns.index(k)] for k in key)] = vals
+            ok = set(drows) == set(want) and (partial or drows == want)
+            print(f"duckdb    {name}: {len(drows)} live rows, postgres {len(want)}: {'OK' if ok else 'MISMATCH'}")
+            if not ok:
+                failures += 1
+                differ = [(want[k], drows.get(k)) for k in want if drows.get(k) != want[k]][:2]
+                print(f"  differ {differ}")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
