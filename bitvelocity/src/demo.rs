@@ -86,6 +86,10 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
         report.snapshot_rows, report.changes, report.transactions, report.commits
     ));
     println!(
+        "  ingest: {} rows copied, {} changes from {} transactions, {} Iceberg commits, confirmed {}",
+        report.snapshot_rows, report.changes, report.transactions, report.commits, report.confirmed
+    );
+    println!(
         "  workload: {} transactions ({} orders placed, {} cancelled, {} updates, {} deletes)",
         stats.transactions,
         stats.orders_placed,
@@ -148,7 +152,7 @@ async fn key_columns(client: &tokio_postgres::Client, table: &str) -> Result<Vec
     let rows = client
         .query(
             "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-             WHERE i.indrelid = $1::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
             &[&table],
         )
         .await?;

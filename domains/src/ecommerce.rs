@@ -190,12 +190,12 @@ pub async fn run_workload(
     let mut stats = WorkloadStats::default();
     let total_seed = cfg.seed_customers + cfg.seed_products;
     for i in 0..cfg.seed_customers {
-        insert_customer(client, &mut rng, i).await?;
+        insert_customer(client, &mut rng, cfg.seed, i).await?;
         stats.transactions += 1;
         progress(stats.transactions);
     }
     for i in 0..cfg.seed_products {
-        insert_product(client, &mut rng, i).await?;
+        insert_product(client, &mut rng, cfg.seed, i).await?;
         stats.transactions += 1;
         progress(stats.transactions);
     }
@@ -221,10 +221,10 @@ pub async fn run_workload(
                 stats.updates += update_customer(client, &mut rng).await?;
             }
             88..=93 => {
-                insert_customer(client, &mut rng, total_seed + op).await?;
+                insert_customer(client, &mut rng, cfg.seed, total_seed + op).await?;
             }
             94..=96 => {
-                insert_product(client, &mut rng, total_seed + op).await?;
+                insert_product(client, &mut rng, cfg.seed, total_seed + op).await?;
             }
             _ => {
                 stats.deletes += delete_idle_customer(client).await?;
@@ -246,7 +246,8 @@ const LAST: &[&str] = &[
 const TAGS: &[&str] = &["vip", "newsletter", "b2b", "returns", "mobile", "gift"];
 const METHODS: &[&str] = &["card", "paypal", "bank_transfer", "voucher"];
 
-async fn insert_customer(client: &Client, rng: &mut StdRng, n: u32) -> Result<()> {
+/// Names carry the run's seed so repeated runs on one database never collide.
+async fn insert_customer(client: &Client, rng: &mut StdRng, run: u64, n: u32) -> Result<()> {
     let first = FIRST[rng.random_range(0..FIRST.len())];
     let last = LAST[rng.random_range(0..LAST.len())];
     let ntags = rng.random_range(0..3);
@@ -265,7 +266,7 @@ async fn insert_customer(client: &Client, rng: &mut StdRng, n: u32) -> Result<()
              VALUES ($1, $2, $3, $4, date '1950-01-01' + $5::int)",
             &[
                 &format!(
-                    "{}.{}.{n}@example.com",
+                    "{}.{}.{run}.{n}@example.com",
                     first.to_lowercase(),
                     last.to_lowercase()
                 ),
@@ -279,7 +280,7 @@ async fn insert_customer(client: &Client, rng: &mut StdRng, n: u32) -> Result<()
     Ok(())
 }
 
-async fn insert_product(client: &Client, rng: &mut StdRng, n: u32) -> Result<()> {
+async fn insert_product(client: &Client, rng: &mut StdRng, run: u64, n: u32) -> Result<()> {
     let cents: i64 = rng.random_range(199..99_999);
     let weight: f32 = rng.random_range(0.05..25.0);
     // Long descriptions are TOASTed, so price updates exercise unchanged TOAST values.
@@ -298,7 +299,7 @@ async fn insert_product(client: &Client, rng: &mut StdRng, n: u32) -> Result<()>
             "INSERT INTO products (sku, name, description, price, stock, weight_kg, attributes)
              VALUES ($1, $2, $3, ($4::bigint)::numeric / 100, $5, $6, $7::text::jsonb)",
             &[
-                &format!("SKU-{n:06}"),
+                &format!("SKU-{run}-{n:06}"),
                 &format!("Product {n}"),
                 &description,
                 &cents,
@@ -318,7 +319,7 @@ async fn place_order(client: &mut Client, rng: &mut StdRng) -> Result<()> {
     let pick: f64 = rng.random();
     let tx = client.transaction().await?;
     let customer = tx
-        .query_opt("SELECT id FROM customers ORDER BY id OFFSET floor($1 * (SELECT count(*) FROM customers))::bigint LIMIT 1", &[&pick])
+        .query_opt("SELECT id FROM customers ORDER BY id OFFSET floor($1::float8 * (SELECT count(*) FROM customers))::bigint LIMIT 1", &[&pick])
         .await?;
     let Some(customer) = customer else {
         return Ok(());
@@ -336,7 +337,7 @@ async fn place_order(client: &mut Client, rng: &mut StdRng) -> Result<()> {
         tx.execute(
             "INSERT INTO order_items (order_id, line_no, product_id, quantity, unit_price)
              SELECT $1, $2, id, $3, price FROM products WHERE active
-             ORDER BY id OFFSET floor($4 * (SELECT count(*) FROM products WHERE active))::bigint LIMIT 1",
+             ORDER BY id OFFSET floor($4::float8 * (SELECT count(*) FROM products WHERE active))::bigint LIMIT 1",
             &[&order, &(i as i16 + 1), q, &p],
         )
         .await?;
