@@ -34,7 +34,7 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
     let info = ConnInfo::parse(&url)?;
     // One slot per contender, all created before the backlog so each sees all of it.
     let mut repl = ReplicationConnection::connect(&info).await?;
-    for slot in ["bench_recvlogical", "bench_discard"] {
+    for slot in ["bench_warmup", "bench_recvlogical", "bench_discard"] {
         repl.create_slot(slot, false, false).await?;
     }
     drop(repl);
@@ -68,35 +68,20 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
         bytes as f64 / 1e6
     );
 
-    // (a) pg_recvlogical: the ceiling of one slot.
+    // Warm-up: one untimed drain, so every contender reads the WAL from the page cache.
     let out = dir.path().join("recvlogical.out");
+    recvlogical(
+        &pg,
+        &url,
+        "bench_warmup",
+        &end,
+        &dir.path().join("warmup.out"),
+    )
+    .await?;
+    // (a) pg_recvlogical: the ceiling of one slot.
     let t = Instant::now();
-    let status = tokio::process::Command::new(pg.bindir().join("pg_recvlogical"))
-        .args([
-            "-d",
-            &url,
-            "--slot",
-            "bench_recvlogical",
-            "--start",
-            "--no-loop",
-            "-E",
-            &end,
-        ])
-        .args([
-            "-o",
-            "proto_version=1",
-            "-o",
-            "publication_names=bench",
-            "-f",
-        ])
-        .arg(&out)
-        .status()
-        .await
-        .context("running pg_recvlogical")?;
+    recvlogical(&pg, &url, "bench_recvlogical", &end, &out).await?;
     let a = t.elapsed();
-    if !status.success() {
-        bail!("pg_recvlogical failed: {status}");
-    }
     let a_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
 
     // (b) our replication client and decoder into a discarding sink.
@@ -160,14 +145,54 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
         rate(c) / rate(a)
     );
     println!(
-        "pg_recvlogical wrote {:.0} MB; targets: b/a ≥ 0.95, c/a ≥ 0.75",
-        a_bytes as f64 / 1e6
+        "pg_recvlogical wrote {:.0} MB; peak RSS of bitvelocity {} MB; targets: b/a ≥ 0.95, c/a ≥ 0.75",
+        a_bytes as f64 / 1e6,
+        peak_rss_mb()
     );
 
     // Freshness: commit in PostgreSQL → visible in bronze, under a steady load.
     freshness(&url, &client, bronze_cfg, cat, &cfg).await?;
     drop(pg);
     Ok(())
+}
+
+async fn recvlogical(
+    pg: &domains::PgCluster,
+    url: &str,
+    slot: &str,
+    end: &str,
+    out: &std::path::Path,
+) -> Result<()> {
+    let status = tokio::process::Command::new(pg.bindir().join("pg_recvlogical"))
+        .args(["-d", url, "--slot", slot, "--start", "--no-loop", "-E", end])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=bench",
+            "-f",
+        ])
+        .arg(out)
+        .status()
+        .await
+        .context("running pg_recvlogical")?;
+    if !status.success() {
+        bail!("pg_recvlogical failed: {status}");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), to show the backlog is not buffered whole.
+fn peak_rss_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
 }
 
 async fn load_backlog(client: &tokio_postgres::Client, cfg: &BenchConfig) -> Result<()> {

@@ -327,3 +327,95 @@ async fn bad_urls_and_unreachable_servers_are_one_line_errors() {
         .unwrap_err();
     assert_eq!(err.to_string(), "publication \"nopub\" does not exist");
 }
+
+#[tokio::test]
+async fn a_large_transaction_is_never_split_across_snapshots() {
+    use futures::TryStreamExt;
+    let (_pg, url) = start_pg("atomic").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE big;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    // One 5,000-row transaction between small ones; the ingester commits every 500 rows
+    // and hands rows to the writer every 256, but only at transaction boundaries may it commit.
+    client
+        .batch_execute("INSERT INTO big VALUES (0, 'before')")
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO big SELECT g, 'bulk' FROM generate_series(1, 5000) g")
+        .await
+        .unwrap();
+    for i in 5001..5010 {
+        client
+            .batch_execute(&format!("INSERT INTO big VALUES ({i}, 'after')"))
+            .await
+            .unwrap();
+    }
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(report.changes, 5010);
+    assert!(report.commits >= 2, "{report:?}");
+
+    let cat = catalog::Warehouse::new(dir.path())
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let table = cat
+        .load_table(&catalog::TableIdent::from_strs(["bronze", "big"]).unwrap())
+        .await
+        .unwrap();
+    let final_counts = txid_counts(&table, None).await;
+    let snapshots: Vec<i64> = table
+        .metadata()
+        .snapshots()
+        .map(|s| s.snapshot_id())
+        .collect();
+    assert!(
+        snapshots.len() >= 3,
+        "expected several snapshots, got {}",
+        snapshots.len()
+    );
+    for sid in snapshots {
+        for (txid, n) in txid_counts(&table, Some(sid)).await {
+            assert_eq!(
+                n, final_counts[&txid],
+                "snapshot {sid} holds {n} of the {} rows of transaction {txid}",
+                final_counts[&txid]
+            );
+        }
+    }
+
+    async fn txid_counts(
+        table: &iceberg::table::Table,
+        snapshot: Option<i64>,
+    ) -> std::collections::HashMap<i64, usize> {
+        let mut scan = table.scan().select(["_txid"]);
+        if let Some(s) = snapshot {
+            scan = scan.snapshot_id(s);
+        }
+        let batches: Vec<arrow::record_batch::RecordBatch> = scan
+            .build()
+            .unwrap()
+            .to_arrow()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut counts = std::collections::HashMap::new();
+        for b in &batches {
+            for i in 0..b.num_rows() {
+                if let common::Val::Int(x) = common::arrow_val(b.column(0), i) {
+                    *counts.entry(x).or_insert(0) += 1;
+                }
+            }
+        }
+        counts
+    }
+}

@@ -1,0 +1,82 @@
+//! SIGTERM stops a running ingester cleanly: the pending batch is committed, exit status 0.
+
+#[path = "../../ingestion/tests/common/mod.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> String {
+    std::env::var("BITVELOCITY_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitvelocity").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_the_pending_batch_and_exits_zero() {
+    let (_pg, url) = common::start_pg("sig").await;
+    let client = common::connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t;
+             INSERT INTO t SELECT g, 'copied' FROM generate_series(1, 1000) g;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    // Batches close only by size or after a minute: the stream's rows stay pending until the signal.
+    let mut child = Command::new(bin())
+        .args(["ingest", "--pg", &url, "--publication", "p", "--warehouse"])
+        .arg(&wh)
+        .args(["--batch-rows", "1000000", "--batch-interval-ms", "600000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the initial copy to be committed (the temporary copy slot is gone then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name = 'bitvelocity_p'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingester never started streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1001, 1500) g")
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE t SET v = 'changed' WHERE id <= 10; DELETE FROM t WHERE id > 1490")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "ingester did not exit cleanly on SIGTERM: {status:?}\n{err}"
+    );
+    assert!(err.contains("shutdown requested"), "{err}");
+    // Everything received before the signal is in bronze, without a restart.
+    let t = common::tables(&client, "p").await.remove(0);
+    assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 1490);
+}
