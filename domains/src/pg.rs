@@ -127,6 +127,18 @@ impl PgCluster {
 
     /// Creates a database (idempotent).
     pub fn create_database(&self, name: &str) -> Result<()> {
+        let exists = self.psql(
+            "postgres",
+            &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        )?;
+        if exists.trim() != "1" {
+            self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;
+        }
+        Ok(())
+    }
+
+    /// Runs one SQL command with `psql` as the superuser and returns its unaligned output.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
         let out = Command::new(self.bindir.join("psql"))
             .args([
                 "-h",
@@ -136,27 +148,18 @@ impl PgCluster {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                database,
             ])
-            .args([
-                "-tAc",
-                &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
-            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+            .stdin(Stdio::null())
             .output()?;
-        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
-            return Ok(());
+        if !out.status.success() {
+            return Err(DomainError::Server(format!(
+                "psql: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
-        let mut c = Command::new(self.bindir.join("createdb"));
-        c.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            name,
-        ]);
-        run(&mut c, "createdb")
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Stops the server (fast shutdown) and removes its directory.

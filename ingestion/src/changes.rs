@@ -127,15 +127,7 @@ impl ChangeBuffer {
                     self.unchanged.values().append_value(&self.column_names[i]);
                     any_unchanged = true;
                 }
-                Cell::Text(v) => {
-                    self.cols[i]
-                        .append_text(v)
-                        .map_err(|message| IngestError::BadValue {
-                            table: self.table.clone(),
-                            column: self.column_names[i].clone(),
-                            message,
-                        })?
-                }
+                Cell::Text(v) => self.append_text(i, v)?,
             }
         }
         self.unchanged.append(any_unchanged);
@@ -156,20 +148,23 @@ impl ChangeBuffer {
         for (i, f) in fields.iter().enumerate() {
             match f {
                 None => self.cols[i].append_null(),
-                Some(v) => {
-                    self.cols[i]
-                        .append_text(v)
-                        .map_err(|message| IngestError::BadValue {
-                            table: self.table.clone(),
-                            column: self.column_names[i].clone(),
-                            message,
-                        })?
-                }
+                Some(v) => self.append_text(i, v)?,
             }
         }
         self.unchanged.append(false);
         self.push_meta(Op::Insert, meta);
         Ok(())
+    }
+
+    /// Parses one text value into column `i`, naming table and column on failure.
+    fn append_text(&mut self, i: usize, v: &[u8]) -> Result<()> {
+        self.cols[i]
+            .append_text(v)
+            .map_err(|message| IngestError::BadValue {
+                table: self.table.clone(),
+                column: self.column_names[i].clone(),
+                message,
+            })
     }
 
     /// Appends a TRUNCATE marker row (all source columns null).

@@ -481,16 +481,12 @@ impl<S: ChangeSink> Ingester<S> {
                         }
                         Message::Type { .. } | Message::Origin | Message::LogicalMessage => {}
                         Message::Insert { rel, new } => {
-                            let t = txn.as_mut().ok_or_else(|| {
-                                IngestError::Protocol("change outside a transaction".into())
-                            })?;
+                            let t = in_txn(&mut txn)?;
                             pending_rows +=
                                 self.apply(states, &by_oid, t, rel, Change::Insert(&new))?;
                         }
                         Message::Update { rel, old, new } => {
-                            let t = txn.as_mut().ok_or_else(|| {
-                                IngestError::Protocol("change outside a transaction".into())
-                            })?;
+                            let t = in_txn(&mut txn)?;
                             pending_rows += self.apply(
                                 states,
                                 &by_oid,
@@ -500,16 +496,12 @@ impl<S: ChangeSink> Ingester<S> {
                             )?;
                         }
                         Message::Delete { rel, old } => {
-                            let t = txn.as_mut().ok_or_else(|| {
-                                IngestError::Protocol("change outside a transaction".into())
-                            })?;
+                            let t = in_txn(&mut txn)?;
                             pending_rows +=
                                 self.apply(states, &by_oid, t, rel, Change::Delete(&old))?;
                         }
                         Message::Truncate { rels } => {
-                            let t = txn.as_mut().ok_or_else(|| {
-                                IngestError::Protocol("change outside a transaction".into())
-                            })?;
+                            let t = in_txn(&mut txn)?;
                             for rel in rels {
                                 pending_rows +=
                                     self.apply(states, &by_oid, t, rel, Change::Truncate)?;
@@ -595,6 +587,12 @@ impl<S: ChangeSink> Ingester<S> {
         self.metrics.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// The open transaction a change belongs to; pgoutput never sends changes outside one.
+fn in_txn(txn: &mut Option<Txn>) -> Result<&mut Txn> {
+    txn.as_mut()
+        .ok_or_else(|| IngestError::Protocol("change outside a transaction".into()))
 }
 
 enum Change<'c, 'a> {

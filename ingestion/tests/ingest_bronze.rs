@@ -6,18 +6,6 @@ use std::time::Duration;
 
 use common::{assert_bronze_matches, bronze_changes, connect, ingest_caught_up, start_pg, tables};
 
-const TYPES_SCHEMA: &str = "
-CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
-CREATE TABLE typed (
-    id bigserial PRIMARY KEY,
-    b bool, i2 int2, i4 int4, f4 float4, f8 float8,
-    d numeric(10, 3), n numeric, t text, v varchar(20), c char(4),
-    by bytea, dt date, tm time, ts timestamp, tstz timestamptz,
-    u uuid, j json, jb jsonb, m mood, ai int4[], at text[], ad numeric(6,2)[], ats timestamptz[]
-);
-CREATE PUBLICATION p FOR TABLE typed;
-";
-
 const TYPED_ROWS: &str = "
 INSERT INTO typed (b, i2, i4, f4, f8, d, n, t, v, c, by, dt, tm, ts, tstz, u, j, jb, m, ai, at, ad, ats) VALUES
  (true, 1, 2, 1.25, 'NaN', 0.5, 'NaN', E'line\\nbreak\\ttab\\\\slash', 'x', 'a', '\\x', '1970-01-01', '00:00:00', '1970-01-01 00:00:00', '1970-01-01 00:00:00+00',
@@ -32,7 +20,7 @@ INSERT INTO typed (b, i2, i4, f4, f8, d, n, t, v, c, by, dt, tm, ts, tstz, u, j,
 async fn every_supported_type_round_trips_through_copy_and_stream() {
     let (_pg, url) = start_pg("types").await;
     let client = connect(&url).await;
-    client.batch_execute(TYPES_SCHEMA).await.unwrap();
+    client.batch_execute(common::ALL_TYPES_DDL).await.unwrap();
     client.batch_execute(TYPED_ROWS).await.unwrap(); // read by the initial copy
     let dir = tempfile::tempdir().unwrap();
     let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();

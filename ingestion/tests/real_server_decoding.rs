@@ -6,21 +6,7 @@ use common::{Val, arrow_val};
 use ingestion::pgoutput::{self, Cell, Message, OldImage};
 use ingestion::value::ColumnBuilder;
 
-const ALL_TYPES: &str = "
-CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
-CREATE TABLE all_types (
-    id int8 PRIMARY KEY,
-    b bool, i2 int2, i4 int4, f4 float4, f8 float8,
-    d numeric(10, 3), n numeric, t text, v varchar(20), c char(4),
-    by bytea, dt date, tm time, ts timestamp, tstz timestamptz,
-    u uuid, j json, jb jsonb, m mood,
-    ai int4[], at text[], big text
-);
-ALTER TABLE all_types ALTER COLUMN big SET STORAGE EXTERNAL;
-CREATE PUBLICATION p FOR TABLE all_types;
-";
-
-const ROW: &str = "INSERT INTO all_types VALUES (
+const ROW: &str = "INSERT INTO typed (id, b, i2, i4, f4, f8, d, n, t, v, c, by, dt, tm, ts, tstz, u, j, jb, m, ai, at, big) VALUES (
     1, true, -32768, 2147483647, 1.5, -2.25e-300,
     -1234567.891, 3.14159265358979323846264338327950288419716939937510, E'tab\\there \"quoted\" ñ', 'varchar', 'ab',
     '\\x00ff7f', '0044-03-15 BC', '23:59:59.999999', '2000-02-29 12:34:56.789', '2026-11-25 01:02:03.456789+05:30',
@@ -31,7 +17,7 @@ const ROW: &str = "INSERT INTO all_types VALUES (
 async fn real_pgoutput_messages_decode_and_convert_like_postgres_reads_them() {
     let (_pg, url) = common::start_pg("decode").await;
     let client = common::connect(&url).await;
-    client.batch_execute(ALL_TYPES).await.unwrap();
+    client.batch_execute(common::ALL_TYPES_DDL).await.unwrap();
     client
         .execute(
             "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
@@ -46,18 +32,18 @@ async fn real_pgoutput_messages_decode_and_convert_like_postgres_reads_them() {
     let expected_row = expected.values().next().unwrap().clone();
 
     client
-        .batch_execute("UPDATE all_types SET i4 = 7 WHERE id = 1")
+        .batch_execute("UPDATE typed SET i4 = 7 WHERE id = 1")
         .await
         .unwrap();
     client
-        .batch_execute("UPDATE all_types SET id = 2 WHERE id = 1")
+        .batch_execute("UPDATE typed SET id = 2 WHERE id = 1")
         .await
         .unwrap();
     client
-        .batch_execute("DELETE FROM all_types WHERE id = 2")
+        .batch_execute("DELETE FROM typed WHERE id = 2")
         .await
         .unwrap();
-    client.batch_execute("TRUNCATE all_types").await.unwrap();
+    client.batch_execute("TRUNCATE typed").await.unwrap();
 
     let rows = client
         .query(
@@ -80,7 +66,7 @@ async fn real_pgoutput_messages_decode_and_convert_like_postgres_reads_them() {
             _ => None,
         })
         .expect("relation message");
-    assert_eq!(rel.name, "all_types");
+    assert_eq!(rel.name, "typed");
     assert_eq!(rel.columns.len(), table.columns.len());
     assert!(rel.columns[0].is_key && !rel.columns[1].is_key);
     assert!(

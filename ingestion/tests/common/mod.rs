@@ -19,6 +19,21 @@ use arrow::record_batch::RecordBatch;
 use ingestion::source::{PgKind, SourceTable};
 use tokio_postgres::Client;
 
+/// A table with every supported type (and a TOAST-able `big` column last), published as `p`.
+pub const ALL_TYPES_DDL: &str = "
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE typed (
+    id bigserial PRIMARY KEY,
+    b bool, i2 int2, i4 int4, f4 float4, f8 float8,
+    d numeric(10, 3), n numeric, t text, v varchar(20), c char(4),
+    by bytea, dt date, tm time, ts timestamp, tstz timestamptz,
+    u uuid, j json, jb jsonb, m mood, ai int4[], at text[], ad numeric(6,2)[], ats timestamptz[],
+    big text
+);
+ALTER TABLE typed ALTER COLUMN big SET STORAGE EXTERNAL;
+CREATE PUBLICATION p FOR TABLE typed;
+";
+
 /// A comparable value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Val {
