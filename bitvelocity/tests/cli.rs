@@ -23,14 +23,7 @@ fn demo_matches_postgres_and_leaves_a_queryable_warehouse() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!stdout.contains("MISMATCH"), "{stdout}");
-    for t in [
-        "customers",
-        "products",
-        "orders",
-        "order_items",
-        "payments",
-        "audit_history",
-    ] {
+    for t in domains::ecommerce::TABLES {
         assert!(
             stdout.lines().any(|l| l.trim_start().starts_with(t)),
             "no line for {t} in:\n{stdout}"

@@ -24,6 +24,7 @@ const CRASHES: &[(&str, u32)] = &[
     ("bronze.after_catalog_commit", 1),
     ("snapshot.before_commit", 1),
     ("snapshot.after_commit", 1),
+    ("snapshot.after_all_copied", 1),
     // Streaming.
     ("stream.after_start", 1),
     ("stream.begin", 3),
@@ -39,6 +40,8 @@ const CRASHES: &[(&str, u32)] = &[
     ("stream.mid_txn", 180),
     ("bronze.write", 40),
     ("stream.begin", 60),
+    ("bronze.after_files_closed", 2),
+    ("stream.keepalive", 1),
 ];
 
 fn bin() -> String {

@@ -322,6 +322,7 @@ impl<S: ChangeSink> Ingester<S> {
             self.metrics.commits.fetch_add(1, Ordering::Relaxed);
             tracing::info!(table = %st.source.qualified(), rows, "copied");
         }
+        crash::point("snapshot.after_all_copied");
         client.batch_execute("COMMIT").await?;
         drop(exporter);
         Ok(point)
@@ -431,6 +432,7 @@ impl<S: ChangeSink> Ingester<S> {
                             .store(confirmed.0, Ordering::Relaxed);
                         last_status = Instant::now();
                     }
+                    crash::point("stream.keepalive");
                 }
                 ReplicationMessage::XLogData { data, .. } => {
                     let m = pgoutput::decode(&data)?;

@@ -159,6 +159,7 @@ impl BronzeSink {
             Some(w) => w.close().await.map_err(LakehouseError::iceberg(&t.ident))?,
             None => Vec::new(),
         };
+        crate::crash::point("bronze.after_files_closed");
         let props = HashMap::from([
             (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
             ("bitvelocity.rows".to_string(), t.rows.to_string()),
