@@ -46,6 +46,9 @@ enum Command {
         /// Commit at least this often (milliseconds) while rows are pending.
         #[arg(long, default_value_t = 1000)]
         batch_interval_ms: u64,
+        /// Serve /health and Prometheus /metrics on this address (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
         /// Hand rows to the Iceberg writers in Arrow batches of this many rows.
         #[arg(long, default_value_t = 32 * 1024)]
         flush_rows: usize,
@@ -144,6 +147,7 @@ async fn main() {
             exit_when_caught_up,
             batch_rows,
             batch_interval_ms,
+            http,
             flush_rows,
         } => {
             init_tracing("info");
@@ -155,7 +159,7 @@ async fn main() {
             cfg.batch_rows = batch_rows;
             cfg.batch_interval = Duration::from_millis(batch_interval_ms);
             cfg.flush_rows = flush_rows.max(1);
-            ingest(cfg, warehouse).await
+            ingest(cfg, warehouse, http).await
         }
         Command::Sql { query, warehouse } => {
             init_tracing("warn");
@@ -195,12 +199,19 @@ async fn main() {
     }
 }
 
-async fn ingest(cfg: ingestion::IngestConfig, warehouse: PathBuf) -> Result<()> {
+async fn ingest(
+    cfg: ingestion::IngestConfig,
+    warehouse: PathBuf,
+    http: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let wh = catalog::Warehouse::new(&warehouse)?;
     let catalog = wh.open_catalog().await.context("opening the catalog")?;
     let sink = lakehouse::BronzeSink::new(catalog).await?;
     let mut ingester = ingestion::Ingester::new(cfg, sink);
     let metrics = ingester.metrics();
+    if let Some(addr) = http {
+        serving::serve_ops(addr, metrics.clone()).await?;
+    }
     let reporter = tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));
         every.tick().await;

@@ -24,11 +24,18 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = format!("127.0.0.1:{port}");
     // Batches close only by size or after a minute: the stream's rows stay pending until the signal.
     let mut child = Command::new(bin())
         .args(["ingest", "--pg", &url, "--publication", "p", "--warehouse"])
         .arg(&wh)
         .args(["--batch-rows", "1000000", "--batch-interval-ms", "600000"])
+        .args(["--http", &http])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -59,6 +66,21 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The operations endpoints answer while the ingester streams.
+    let health = http_get(&http, "/health");
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.contains("\"phase\":\"streaming\""),
+        "{health}"
+    );
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains("bitvelocity_ingest_snapshot_rows_total 1000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE bitvelocity_ingest_changes_total counter"),
+        "{metrics}"
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -79,4 +101,18 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
     // Everything received before the signal is in bronze, without a restart.
     let t = common::tables(&client, "p").await.remove(0);
     assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 1490);
+}
+
+/// A plain HTTP/1.1 GET, enough to check the operations endpoints without a client crate.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the operations endpoint");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

@@ -18,4 +18,4 @@ pub mod value;
 
 pub use error::{IngestError, Result};
 pub use lsn::{Lsn, ParseLsnError};
-pub use pipeline::{IngestConfig, IngestMetrics, IngestReport, Ingester};
+pub use pipeline::{IngestConfig, IngestMetrics, IngestPhase, IngestReport, Ingester};

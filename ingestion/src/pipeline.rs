@@ -75,6 +75,44 @@ impl IngestConfig {
     }
 }
 
+/// Where a run is, for health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestPhase {
+    /// Connecting, discovering tables, opening the sink.
+    Starting,
+    /// Copying tables under an exported snapshot.
+    Copying,
+    /// Streaming changes.
+    Streaming,
+    /// Finished cleanly.
+    Stopped,
+    /// Stopped by an error.
+    Failed,
+}
+
+impl IngestPhase {
+    /// Lower-case name, for health output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestPhase::Starting => "starting",
+            IngestPhase::Copying => "copying",
+            IngestPhase::Streaming => "streaming",
+            IngestPhase::Stopped => "stopped",
+            IngestPhase::Failed => "failed",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => IngestPhase::Copying,
+            2 => IngestPhase::Streaming,
+            3 => IngestPhase::Stopped,
+            4 => IngestPhase::Failed,
+            _ => IngestPhase::Starting,
+        }
+    }
+}
+
 /// Live counters, shared with whoever shows progress.
 #[derive(Debug, Default)]
 pub struct IngestMetrics {
@@ -94,9 +132,20 @@ pub struct IngestMetrics {
     pub last_commit_ts: AtomicU64,
     /// Source commit → lakehouse commit, µs, per transaction (only with `record_freshness`).
     freshness: std::sync::Mutex<Vec<u64>>,
+    phase: std::sync::atomic::AtomicU8,
 }
 
 impl IngestMetrics {
+    /// The current phase of the run.
+    pub fn phase(&self) -> IngestPhase {
+        IngestPhase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+
+    /// Records the phase the run entered.
+    pub fn set_phase(&self, phase: IngestPhase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
     /// The freshness samples recorded so far (µs).
     pub fn freshness_micros(&self) -> Vec<u64> {
         self.freshness.lock().map(|v| v.clone()).unwrap_or_default()
@@ -165,7 +214,18 @@ impl<S: ChangeSink> Ingester<S> {
     }
 
     /// Runs until caught up (if configured) or until `shutdown` turns true.
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
+    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
+        self.metrics.set_phase(IngestPhase::Starting);
+        let result = self.run_inner(shutdown).await;
+        self.metrics.set_phase(if result.is_ok() {
+            IngestPhase::Stopped
+        } else {
+            IngestPhase::Failed
+        });
+        result
+    }
+
+    async fn run_inner(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
         let info = ConnInfo::parse(&self.cfg.url)?;
         // The replication login comes first: it gives the clearest error for a bad
         // address, role or database.
@@ -203,6 +263,7 @@ impl<S: ChangeSink> Ingester<S> {
             .map(|(i, _)| i)
             .collect();
         if !missing.is_empty() {
+            self.metrics.set_phase(IngestPhase::Copying);
             let point = self
                 .initial_copy(&info, &client, &mut states, &missing)
                 .await?;
@@ -222,6 +283,7 @@ impl<S: ChangeSink> Ingester<S> {
             .start_replication(&self.cfg.slot, start, &self.cfg.publication)
             .await?;
         crash::point("stream.after_start");
+        self.metrics.set_phase(IngestPhase::Streaming);
         let mut report = self
             .stream(stream, &mut states, target, &mut shutdown)
             .await?;

@@ -1,0 +1,174 @@
+//! Service façades over the engine. Today: the operations endpoints of a running
+//! ingester, `/health` and Prometheus `/metrics`.
+//!
+//! It reads engine state only through what lower crates publish (here
+//! [`ingestion::IngestMetrics`]) and must never be imported by them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use ingestion::{IngestMetrics, IngestPhase};
+
+/// What can go wrong while serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServingError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The router of the operations endpoints; built apart from any socket so tests drive it directly.
+pub fn ops_router(metrics: Arc<IngestMetrics>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(prometheus))
+        .with_state(metrics)
+}
+
+/// Binds `addr` and serves [`ops_router`] in the background; returns the bound address.
+pub async fn serve_ops(
+    addr: SocketAddr,
+    metrics: Arc<IngestMetrics>,
+) -> Result<SocketAddr, ServingError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServingError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServingError::Bind { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, ops_router(metrics)).await {
+            tracing::warn!(error = %e, "operations endpoint stopped");
+        }
+    });
+    tracing::info!(%bound, "serving /health and /metrics");
+    Ok(bound)
+}
+
+async fn health(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
+    let phase = m.phase();
+    let status = match phase {
+        IngestPhase::Starting | IngestPhase::Copying | IngestPhase::Streaming => StatusCode::OK,
+        IngestPhase::Stopped | IngestPhase::Failed => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = format!(
+        "{{\"phase\":\"{}\",\"changes\":{},\"confirmed_lsn\":{}}}",
+        phase.as_str(),
+        m.changes.load(Relaxed),
+        m.confirmed_lsn.load(Relaxed)
+    );
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Renders the counters in the Prometheus text exposition format (a handful of
+/// series; a metrics registry crate would add more than it saves here).
+async fn prometheus(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let mut series = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    series(
+        "bitvelocity_ingest_snapshot_rows_total",
+        "counter",
+        "Rows written by initial copies.",
+        m.snapshot_rows.load(Relaxed) as f64,
+    );
+    series(
+        "bitvelocity_ingest_changes_total",
+        "counter",
+        "Change rows written from the stream.",
+        m.changes.load(Relaxed) as f64,
+    );
+    series(
+        "bitvelocity_ingest_skipped_total",
+        "counter",
+        "Changes skipped as already committed.",
+        m.skipped.load(Relaxed) as f64,
+    );
+    series(
+        "bitvelocity_ingest_transactions_total",
+        "counter",
+        "Source transactions received.",
+        m.transactions.load(Relaxed) as f64,
+    );
+    series(
+        "bitvelocity_ingest_commits_total",
+        "counter",
+        "Lakehouse commits made.",
+        m.commits.load(Relaxed) as f64,
+    );
+    series(
+        "bitvelocity_ingest_confirmed_lsn",
+        "gauge",
+        "Source position confirmed to PostgreSQL.",
+        m.confirmed_lsn.load(Relaxed) as f64,
+    );
+    series(
+        "bitvelocity_ingest_last_source_commit_seconds",
+        "gauge",
+        "Commit time of the newest source transaction visible in the lakehouse (Unix seconds).",
+        m.last_commit_ts.load(Relaxed) as f64 / 1e6,
+    );
+    series(
+        "bitvelocity_ingest_up",
+        "gauge",
+        "1 while copying or streaming.",
+        matches!(m.phase(), IngestPhase::Copying | IngestPhase::Streaming) as u8 as f64,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get_text(router: Router, path: &str) -> (StatusCode, String) {
+        let resp = router
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_follows_the_ingest_phase_and_metrics_show_counters() {
+        let m = Arc::new(IngestMetrics::default());
+        m.changes.store(42, Relaxed);
+        let (status, body) = get_text(ops_router(m.clone()), "/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"phase\":\"starting\""), "{body}");
+        m.set_phase(IngestPhase::Streaming);
+        let (_, text) = get_text(ops_router(m.clone()), "/metrics").await;
+        assert!(
+            text.contains("bitvelocity_ingest_changes_total 42"),
+            "{text}"
+        );
+        assert!(text.contains("bitvelocity_ingest_up 1"), "{text}");
+        m.set_phase(IngestPhase::Failed);
+        let (status, _) = get_text(ops_router(m), "/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
