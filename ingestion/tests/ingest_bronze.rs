@@ -407,3 +407,64 @@ async fn a_large_transaction_is_never_split_across_snapshots() {
         counts
     }
 }
+
+#[tokio::test]
+async fn a_schema_change_stops_with_an_error_naming_table_and_change_and_loses_nothing() {
+    let (_pg, url) = start_pg("ddl").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE s (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE s;
+             INSERT INTO s VALUES (1, 'a');",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    let slot_lsn = || async {
+        let s: String = client
+            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        s.parse::<ingestion::Lsn>().unwrap()
+    };
+    let confirmed_before = slot_lsn().await;
+    client
+        .batch_execute("INSERT INTO s VALUES (2, 'b')")
+        .await
+        .unwrap();
+    client
+        .batch_execute("ALTER TABLE s ADD COLUMN extra int; INSERT INTO s VALUES (3, 'c', 3);")
+        .await
+        .unwrap();
+    let err = ingest_caught_up(&url, "p", dir.path()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("table s does not match its source"),
+        "{msg}"
+    );
+    assert!(msg.contains("extra int"), "{msg}");
+    // Nothing committed is lost, nothing half-applied, and PostgreSQL still keeps the
+    // changes not yet written (the slot did not move), for when evolution lands.
+    let ids: Vec<common::Val> = bronze_ids(dir.path()).await;
+    assert_eq!(ids, vec![common::Val::Int(1)]);
+    assert_eq!(slot_lsn().await, confirmed_before);
+}
+
+/// The `id` of every row of `bronze.s`, in log order.
+async fn bronze_ids(warehouse: &std::path::Path) -> Vec<common::Val> {
+    let cat = catalog::Warehouse::new(warehouse)
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let ctx = lakehouse::query::session(cat).await.unwrap();
+    let batches = lakehouse::query::run(&ctx, "SELECT id FROM bronze.s ORDER BY _lsn, _seq")
+        .await
+        .unwrap();
+    batches
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(move |i| common::arrow_val(b.column(0), i)))
+        .collect()
+}
