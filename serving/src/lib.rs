@@ -77,61 +77,64 @@ async fn health(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
 /// Renders the counters in the Prometheus text exposition format (a handful of
 /// series; a metrics registry crate would add more than it saves here).
 async fn prometheus(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
+    let up = matches!(m.phase(), IngestPhase::Copying | IngestPhase::Streaming);
+    let series: [(&str, &str, &str, f64); 8] = [
+        (
+            "snapshot_rows_total",
+            "counter",
+            "Rows written by initial copies.",
+            m.snapshot_rows.load(Relaxed) as f64,
+        ),
+        (
+            "changes_total",
+            "counter",
+            "Change rows written from the stream.",
+            m.changes.load(Relaxed) as f64,
+        ),
+        (
+            "skipped_total",
+            "counter",
+            "Changes skipped as already committed.",
+            m.skipped.load(Relaxed) as f64,
+        ),
+        (
+            "transactions_total",
+            "counter",
+            "Source transactions received.",
+            m.transactions.load(Relaxed) as f64,
+        ),
+        (
+            "commits_total",
+            "counter",
+            "Lakehouse commits made.",
+            m.commits.load(Relaxed) as f64,
+        ),
+        (
+            "confirmed_lsn",
+            "gauge",
+            "Source position confirmed to PostgreSQL.",
+            m.confirmed_lsn.load(Relaxed) as f64,
+        ),
+        (
+            "last_source_commit_seconds",
+            "gauge",
+            "Commit time of the newest source transaction visible in the lakehouse (Unix seconds).",
+            m.last_commit_ts.load(Relaxed) as f64 / 1e6,
+        ),
+        (
+            "up",
+            "gauge",
+            "1 while copying or streaming.",
+            f64::from(u8::from(up)),
+        ),
+    ];
     let mut out = String::new();
-    let mut series = |name: &str, kind: &str, help: &str, value: f64| {
+    for (name, kind, help, value) in series {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            "# HELP bitvelocity_ingest_{name} {help}\n# TYPE bitvelocity_ingest_{name} {kind}\nbitvelocity_ingest_{name} {value}"
         );
-    };
-    series(
-        "bitvelocity_ingest_snapshot_rows_total",
-        "counter",
-        "Rows written by initial copies.",
-        m.snapshot_rows.load(Relaxed) as f64,
-    );
-    series(
-        "bitvelocity_ingest_changes_total",
-        "counter",
-        "Change rows written from the stream.",
-        m.changes.load(Relaxed) as f64,
-    );
-    series(
-        "bitvelocity_ingest_skipped_total",
-        "counter",
-        "Changes skipped as already committed.",
-        m.skipped.load(Relaxed) as f64,
-    );
-    series(
-        "bitvelocity_ingest_transactions_total",
-        "counter",
-        "Source transactions received.",
-        m.transactions.load(Relaxed) as f64,
-    );
-    series(
-        "bitvelocity_ingest_commits_total",
-        "counter",
-        "Lakehouse commits made.",
-        m.commits.load(Relaxed) as f64,
-    );
-    series(
-        "bitvelocity_ingest_confirmed_lsn",
-        "gauge",
-        "Source position confirmed to PostgreSQL.",
-        m.confirmed_lsn.load(Relaxed) as f64,
-    );
-    series(
-        "bitvelocity_ingest_last_source_commit_seconds",
-        "gauge",
-        "Commit time of the newest source transaction visible in the lakehouse (Unix seconds).",
-        m.last_commit_ts.load(Relaxed) as f64 / 1e6,
-    );
-    series(
-        "bitvelocity_ingest_up",
-        "gauge",
-        "1 while copying or streaming.",
-        matches!(m.phase(), IngestPhase::Copying | IngestPhase::Streaming) as u8 as f64,
-    );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
