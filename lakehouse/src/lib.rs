@@ -8,6 +8,7 @@
 
 pub mod bronze;
 pub mod crash;
+pub mod deletes;
 mod error;
 pub mod query;
 pub mod schema;
