@@ -6,6 +6,7 @@
 //! reads the same tables. It must never import the lakehouse, ingestion or any
 //! façade crate: everything else sits above it.
 
+pub mod commit;
 mod error;
 
 use std::collections::HashMap;
