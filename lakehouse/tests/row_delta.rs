@@ -75,32 +75,7 @@ async fn read_all(table: &Table) -> BTreeMap<i64, String> {
 #[tokio::test]
 async fn row_delta_hides_deleted_positions_adds_rows_and_refuses_a_stale_base() {
     let dir = tempfile::tempdir().unwrap();
-    let wh = catalog::Warehouse::new(dir.path()).unwrap();
-    let cat = wh.open_catalog().await.unwrap();
-    let ns = catalog::ensure_namespace(cat.as_ref(), "silver")
-        .await
-        .unwrap();
-    let schema = Schema::builder()
-        .with_fields([
-            Arc::new(NestedField::required(
-                1,
-                "id",
-                Type::Primitive(PrimitiveType::Long),
-            )),
-            Arc::new(NestedField::optional(
-                2,
-                "v",
-                Type::Primitive(PrimitiveType::String),
-            )),
-        ])
-        .build()
-        .unwrap();
-    let creation = TableCreation::builder()
-        .name("t".into())
-        .schema(schema)
-        .properties(HashMap::new())
-        .build();
-    let table = cat.create_table(&ns, creation).await.unwrap();
+    let (wh, cat, table) = new_table(dir.path(), true).await;
     let files = write_rows(&table, &[(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")]).await;
     let first_path = files[0].file_path().to_string();
     let tx = Transaction::new(&table);
@@ -157,5 +132,110 @@ async fn row_delta_hides_deleted_positions_adds_rows_and_refuses_a_stale_base() 
     assert_eq!(
         read_all(&cat.load_table(table.identifier()).await.unwrap()).await,
         want
+    );
+}
+
+/// A fresh warehouse with table `silver.t` (`id` long, plus `v` string when `with_value`).
+async fn new_table(
+    dir: &std::path::Path,
+    with_value: bool,
+) -> (catalog::Warehouse, Arc<dyn catalog::Catalog>, Table) {
+    let wh = catalog::Warehouse::new(dir).unwrap();
+    let cat = wh.open_catalog().await.unwrap();
+    let ns = catalog::ensure_namespace(cat.as_ref(), "silver")
+        .await
+        .unwrap();
+    let mut fields = vec![Arc::new(NestedField::required(
+        1,
+        "id",
+        Type::Primitive(PrimitiveType::Long),
+    ))];
+    if with_value {
+        fields.push(Arc::new(NestedField::optional(
+            2,
+            "v",
+            Type::Primitive(PrimitiveType::String),
+        )));
+    }
+    let schema = Schema::builder().with_fields(fields).build().unwrap();
+    let creation = TableCreation::builder()
+        .name("t".into())
+        .schema(schema)
+        .properties(HashMap::new())
+        .build();
+    let table = cat.create_table(&ns, creation).await.unwrap();
+    (wh, cat, table)
+}
+
+#[tokio::test]
+async fn writes_sorted_position_deletes_with_reserved_field_ids() {
+    use lakehouse::deletes::{
+        DELETE_FILE_PATH_FIELD_ID, DELETE_POS_FIELD_ID, write_position_deletes,
+    };
+    use parquet::arrow::PARQUET_FIELD_ID_META_KEY;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let (_wh, _cat, table) = new_table(dir.path(), false).await;
+
+    let deletes = vec![
+        ("file:/b.parquet".to_string(), 7),
+        ("file:/a.parquet".to_string(), 9),
+        ("file:/a.parquet".to_string(), 2),
+    ];
+    let file = write_position_deletes(&table, Struct::empty(), 0, deletes)
+        .await
+        .unwrap();
+    assert_eq!(
+        file.content_type(),
+        iceberg::spec::DataContentType::PositionDeletes
+    );
+    assert_eq!(file.record_count(), 3);
+
+    let path = file
+        .file_path()
+        .trim_start_matches("file://")
+        .trim_start_matches("file:")
+        .to_string();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+    let ids: Vec<String> = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            f.metadata()
+                .get(PARQUET_FIELD_ID_META_KEY)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            DELETE_FILE_PATH_FIELD_ID.to_string(),
+            DELETE_POS_FIELD_ID.to_string()
+        ]
+    );
+    let batch = reader.build().unwrap().next().unwrap().unwrap();
+    let paths = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let pos = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let rows: Vec<(String, i64)> = (0..batch.num_rows())
+        .map(|i| (paths.value(i).to_string(), pos.value(i)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("file:/a.parquet".into(), 2),
+            ("file:/a.parquet".into(), 9),
+            ("file:/b.parquet".into(), 7)
+        ]
     );
 }
