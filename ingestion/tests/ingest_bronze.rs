@@ -429,7 +429,16 @@ async fn a_schema_change_stops_with_an_error_naming_table_and_change_and_loses_n
             .get(0);
         s.parse::<ingestion::Lsn>().unwrap()
     };
-    let confirmed_before = slot_lsn().await;
+    // The slot may still settle the first run's last acknowledgement; what matters is that it
+    // never confirms past the WAL position before the changes that could not be written.
+    let before_changes: ingestion::Lsn = {
+        let s: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        s.parse().unwrap()
+    };
     client
         .batch_execute("INSERT INTO s VALUES (2, 'b')")
         .await
@@ -449,7 +458,11 @@ async fn a_schema_change_stops_with_an_error_naming_table_and_change_and_loses_n
     // changes not yet written (the slot did not move), for when evolution lands.
     let ids: Vec<common::Val> = bronze_ids(dir.path()).await;
     assert_eq!(ids, vec![common::Val::Int(1)]);
-    assert_eq!(slot_lsn().await, confirmed_before);
+    let confirmed = slot_lsn().await;
+    assert!(
+        confirmed <= before_changes,
+        "slot confirmed {confirmed} past {before_changes}"
+    );
 }
 
 /// The `id` of every row of `bronze.s`, in log order.
