@@ -15,7 +15,7 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
     let started = Instant::now();
     prepare_warehouse(&warehouse)?;
     println!(
-        "BitVelocity demo: PostgreSQL → pgoutput → Iceberg bronze ({})",
+        "BitVelocity demo: PostgreSQL → pgoutput → Iceberg bronze + silver ({})",
         warehouse.display()
     );
 
@@ -31,7 +31,7 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
 
     let wh = catalog::Warehouse::new(&warehouse)?;
     let cat = wh.open_catalog().await?;
-    let sink = lakehouse::BronzeSink::new(cat.clone()).await?;
+    let sink = lakehouse::MedallionSink::new(cat.clone(), wh.commit_path().await?).await?;
     let mut cfg = ingestion::IngestConfig::new(url.clone(), ecommerce::PUBLICATION);
     cfg.batch_interval = Duration::from_millis(500);
     let mut ingester = ingestion::Ingester::new(cfg, sink);
@@ -98,11 +98,11 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
         stats.deletes
     );
 
-    // Compare PostgreSQL with the state replayed from bronze, per table.
+    // Compare PostgreSQL with silver and with the state replayed from bronze, per table.
     let ctx = lakehouse::query::session(cat.clone()).await?;
     println!(
-        "\n  {:<14} {:>12} {:>14} {:>12}",
-        "table", "postgres", "bronze live", "bronze rows"
+        "\n  {:<14} {:>10} {:>10} {:>12} {:>12}",
+        "table", "postgres", "silver", "bronze live", "bronze rows"
     );
     let mut all_equal = true;
     for table in ecommerce::TABLES {
@@ -114,26 +114,42 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
         let replay = lakehouse::query::replay_sql(&format!("bronze.{table}"), &key, &key);
         let live = scalar_i64(&ctx, &format!("SELECT count(*) FROM ({replay}) r")).await?;
         let rows = scalar_i64(&ctx, &format!("SELECT count(*) FROM bronze.{table}")).await?;
-        let mark = if live == pg_count { "" } else { "  MISMATCH" };
-        all_equal &= live == pg_count;
-        println!("  {table:<14} {pg_count:>12} {live:>14} {rows:>12}{mark}");
+        let silver = scalar_i64(&ctx, &format!("SELECT count(*) FROM silver.{table}")).await?;
+        let equal = live == pg_count && silver == pg_count;
+        let mark = if equal { "" } else { "  MISMATCH" };
+        all_equal &= equal;
+        println!("  {table:<14} {pg_count:>10} {silver:>10} {live:>12} {rows:>12}{mark}");
     }
 
-    let orders_replay = lakehouse::query::replay_sql(
-        "bronze.orders",
-        &["id".to_string()],
-        &["id".to_string(), "status".to_string(), "total".to_string()],
+    let analyst = "SELECT status, count(*) AS orders, sum(total) AS revenue FROM silver.orders GROUP BY status ORDER BY status";
+    println!(
+        "\n  Sample analyst query on silver with DataFusion (PostgreSQL's answer must be the same):"
     );
-    let analyst = format!(
-        "SELECT status, count(*) AS orders, sum(total) AS revenue FROM ({orders_replay}) o GROUP BY status ORDER BY revenue DESC"
-    );
-    println!("\n  Sample analyst query (orders by status, replayed from bronze with DataFusion):");
-    let batches = lakehouse::query::run(&ctx, &analyst).await?;
-    for line in arrow::util::pretty::pretty_format_batches(&batches)?
-        .to_string()
-        .lines()
-    {
+    let batches = lakehouse::query::run(&ctx, analyst).await?;
+    let shown = arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
+    for line in shown.lines() {
         println!("  {line}");
+    }
+    let pg_answer = client
+        .query(
+            "SELECT status::text, count(*), sum(total)::text FROM orders GROUP BY status ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let lake_answer = status_rows(&batches)?;
+    let pg_answer: Vec<(String, i64, String)> = pg_answer
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get::<_, Option<String>>(2).unwrap_or_default(),
+            )
+        })
+        .collect();
+    if lake_answer != pg_answer {
+        all_equal = false;
+        println!("  MISMATCH: PostgreSQL says {pg_answer:?}");
     }
     drop(client);
     drop(pg);
@@ -143,7 +159,7 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
         warehouse.display()
     );
     if !all_equal {
-        bail!("bronze does not match PostgreSQL for at least one table");
+        bail!("bronze or silver does not match PostgreSQL");
     }
     Ok(())
 }
@@ -163,6 +179,25 @@ async fn scalar_i64(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Res
     let batches = lakehouse::query::run(ctx, sql).await?;
     let b = batches.first().context("no result")?;
     Ok(b.column(0).as_primitive::<Int64Type>().value(0))
+}
+
+/// (status, orders, revenue as text) rows of the analyst query.
+fn status_rows(batches: &[arrow::record_batch::RecordBatch]) -> Result<Vec<(String, i64, String)>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let status = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let revenue = arrow::compute::cast(b.column(2), &arrow::datatypes::DataType::Utf8)?;
+        let (status, revenue) = (status.as_string::<i32>(), revenue.as_string::<i32>());
+        let orders = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            out.push((
+                status.value(i).to_string(),
+                orders.value(i),
+                revenue.value(i).to_string(),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Empties the demo warehouse, refusing to touch a directory that is not one.

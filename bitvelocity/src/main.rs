@@ -206,7 +206,8 @@ async fn ingest(
 ) -> Result<()> {
     let wh = catalog::Warehouse::new(&warehouse)?;
     let catalog = wh.open_catalog().await.context("opening the catalog")?;
-    let sink = lakehouse::BronzeSink::new(catalog).await?;
+    let commits = wh.commit_path().await.context("opening the catalog")?;
+    let sink = lakehouse::MedallionSink::new(catalog, commits).await?;
     let mut ingester = ingestion::Ingester::new(cfg, sink);
     let metrics = ingester.metrics();
     if let Some(addr) = http {

@@ -1,5 +1,6 @@
-//! Other Iceberg engines read bronze: pyiceberg (SqlCatalog over catalog.db) and DuckDB
-//! (iceberg_scan), each replaying the change log to exactly the PostgreSQL rows.
+//! Other Iceberg engines read bronze and silver: pyiceberg (SqlCatalog over catalog.db) and
+//! DuckDB (iceberg_scan), each replaying the change log, and reading silver with its
+//! position-delete files applied, to exactly the PostgreSQL rows.
 
 #[path = "../../ingestion/tests/common/mod.rs"]
 mod common;
@@ -9,7 +10,7 @@ use std::process::Command;
 use domains::ecommerce::{self, WorkloadConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pyiceberg_and_duckdb_replay_bronze_to_the_source_rows() {
+async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
     let python = std::env::var("BITVELOCITY_PYTHON").expect(
         "BITVELOCITY_PYTHON is not set: run the suite with scripts/test, which builds the venv with pyiceberg and DuckDB",
     );
@@ -43,7 +44,7 @@ async fn pyiceberg_and_duckdb_replay_bronze_to_the_source_rows() {
 
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../tests/python/check_bronze.py"
+        "/../tests/python/check_tables.py"
     );
     let out = Command::new(&python)
         .arg(script)
@@ -59,19 +60,25 @@ async fn pyiceberg_and_duckdb_replay_bronze_to_the_source_rows() {
         "interop check failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Both engines checked every table.
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.starts_with("pyiceberg") && l.ends_with("OK"))
-            .count(),
-        ecommerce::TABLES.len()
-    );
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.starts_with("duckdb") && l.ends_with("OK"))
-            .count(),
-        ecommerce::TABLES.len()
+    // Both engines checked every table, in both layers.
+    for engine in ["pyiceberg", "duckdb"] {
+        for silver in [false, true] {
+            let ok = stdout
+                .lines()
+                .filter(|l| {
+                    l.starts_with(engine) && l.contains(" silver ") == silver && l.ends_with("OK")
+                })
+                .count();
+            assert_eq!(ok, ecommerce::TABLES.len(), "{engine}, silver: {silver}");
+        }
+    }
+    // Silver was read with delete files in play (updates and deletes of earlier rows).
+    let with_deletes = stdout
+        .lines()
+        .filter(|l| l.starts_with("pyiceberg silver") && !l.contains("(0 delete files)"))
+        .count();
+    assert!(
+        with_deletes >= 3,
+        "too few silver tables had delete files:\n{stdout}"
     );
 }

@@ -101,6 +101,7 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
     // Everything received before the signal is in bronze, without a restart.
     let t = common::tables(&client, "p").await.remove(0);
     assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 1490);
+    assert_eq!(common::assert_silver_matches(&client, &wh, &t).await, 1490);
 }
 
 /// A plain HTTP/1.1 GET, enough to check the operations endpoints without a client crate.

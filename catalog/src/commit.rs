@@ -8,12 +8,12 @@
 //! the SQL catalog sees it. A moved pointer is a [`CatalogError::CommitConflict`]:
 //! the caller reloads and retries, nothing is overwritten.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use iceberg::spec::{
-    DataContentType, DataFile, ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation,
-    Snapshot, Summary,
+    DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, Summary,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation};
@@ -28,8 +28,30 @@ pub struct RowDelta {
     pub data_files: Vec<DataFile>,
     /// New position-delete files (content `PositionDeletes`).
     pub delete_files: Vec<DataFile>,
+    /// Paths of live files (data or delete) of the parent snapshot that this snapshot removes
+    /// (compaction rewrites them); each must still be live, or the commit is a conflict.
+    pub removed_files: HashSet<String>,
+    /// Remove every live file of the parent (TRUNCATE) before adding the new ones.
+    pub remove_all: bool,
     /// Extra snapshot-summary properties (the source position, say).
     pub properties: HashMap<String, String>,
+}
+
+impl RowDelta {
+    /// The snapshot operation readers see in the summary.
+    fn operation(&self) -> Operation {
+        let removes = self.remove_all || !self.removed_files.is_empty();
+        match (
+            removes,
+            self.delete_files.is_empty(),
+            self.data_files.is_empty(),
+        ) {
+            (false, true, _) => Operation::Append,
+            (true, true, false) if !self.remove_all => Operation::Replace,
+            (false, false, true) => Operation::Delete,
+            _ => Operation::Overwrite,
+        }
+    }
 }
 
 /// Publishes snapshots iceberg's `Transaction` cannot make, on the warehouse's SQL catalog.
@@ -88,7 +110,7 @@ impl CommitPath {
         };
         let sequence = meta.next_sequence_number();
         let parent = meta.current_snapshot().cloned();
-        let mut manifests: Vec<ManifestFile> = match &parent {
+        let parent_manifests: Vec<ManifestFile> = match &parent {
             Some(s) => table
                 .manifest_list_reader(s)
                 .load()
@@ -103,6 +125,64 @@ impl CommitPath {
         let spec = meta.default_partition_spec().as_ref().clone();
         let dir = format!("{}/metadata", meta.location().trim_end_matches('/'));
         let commit = uuid::Uuid::now_v7();
+        let operation = delta.operation();
+
+        // Carry the parent's manifests; rewrite those holding removed files, marking them deleted.
+        let mut manifests = Vec::with_capacity(parent_manifests.len() + 2);
+        let mut still_to_remove = delta.removed_files.clone();
+        for (k, m) in parent_manifests.into_iter().enumerate() {
+            let live = m.added_files_count.unwrap_or(1) + m.existing_files_count.unwrap_or(1);
+            if live == 0 {
+                continue; // only tombstones of an older snapshot: nothing to read there
+            }
+            if !delta.remove_all && still_to_remove.is_empty() {
+                manifests.push(m);
+                continue;
+            }
+            let manifest = m.load_manifest(file_io).await.map_err(err)?;
+            let touched = delta.remove_all
+                || manifest
+                    .entries()
+                    .iter()
+                    .any(|e| e.is_alive() && still_to_remove.contains(e.file_path()));
+            if !touched {
+                manifests.push(m);
+                continue;
+            }
+            let out = file_io
+                .new_output(format!("{dir}/{commit}-r{k}.avro"))
+                .map_err(err)?;
+            let builder =
+                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec.clone());
+            let mut writer = match m.content {
+                ManifestContentType::Data => builder.build_v2_data(),
+                ManifestContentType::Deletes => builder.build_v2_deletes(),
+            };
+            for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+                let seq = e.sequence_number().unwrap_or(m.sequence_number);
+                let file_seq = e.file_sequence_number.or(Some(m.sequence_number));
+                if delta.remove_all || still_to_remove.remove(e.file_path()) {
+                    writer
+                        .add_delete_file(e.data_file().clone(), seq, file_seq)
+                        .map_err(err)?;
+                } else {
+                    let added_by = e.snapshot_id().unwrap_or(m.added_snapshot_id);
+                    writer
+                        .add_existing_file(e.data_file().clone(), added_by, seq, file_seq)
+                        .map_err(err)?;
+                }
+            }
+            manifests.push(writer.write_manifest_file().await.map_err(err)?);
+        }
+        if let Some(missing) = still_to_remove.iter().next() {
+            return Err(CatalogError::CommitConflict {
+                table: name.clone(),
+                source: Box::new(iceberg::Error::new(
+                    iceberg::ErrorKind::CatalogCommitConflicts,
+                    format!("file to remove is no longer live: {missing}"),
+                )),
+            });
+        }
         for (k, (files, deletes)) in [(delta.data_files, false), (delta.delete_files, true)]
             .into_iter()
             .enumerate()
@@ -143,7 +223,7 @@ impl CommitPath {
             .with_timestamp_ms(chrono_free_now_ms())
             .with_manifest_list(list)
             .with_summary(Summary {
-                operation: Operation::Overwrite,
+                operation,
                 additional_properties: delta.properties,
             })
             .with_schema_id(meta.current_schema_id())

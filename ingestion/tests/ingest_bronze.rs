@@ -4,7 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_bronze_matches, bronze_changes, connect, ingest_caught_up, start_pg, tables};
+use common::{
+    assert_bronze_matches, assert_silver_matches, bronze_changes, connect, ingest_caught_up,
+    start_pg, tables,
+};
 
 const TYPED_ROWS: &str = "
 INSERT INTO typed (b, i2, i4, f4, f8, d, n, t, v, c, by, dt, tm, ts, tstz, u, j, jb, m, ai, at, ad, ats) VALUES
@@ -34,6 +37,7 @@ async fn every_supported_type_round_trips_through_copy_and_stream() {
     assert_eq!(report.changes, 3 + 3);
     let t = tables(&client, "p").await.remove(0);
     assert_eq!(assert_bronze_matches(&client, dir.path(), &t).await, 6);
+    assert_eq!(assert_silver_matches(&client, dir.path(), &t).await, 6);
 }
 
 #[tokio::test]
@@ -74,12 +78,11 @@ async fn writes_during_the_initial_copy_appear_exactly_once() {
     let ingest = tokio::spawn(async move {
         let mut cfg = ingestion::IngestConfig::new(ingest_url, "p");
         cfg.batch_interval = Duration::from_millis(200);
-        let cat = catalog::Warehouse::new(&wh)
-            .unwrap()
-            .open_catalog()
+        let wh = catalog::Warehouse::new(&wh).unwrap();
+        let cat = wh.open_catalog().await.unwrap();
+        let sink = lakehouse::MedallionSink::new(cat, wh.commit_path().await.unwrap())
             .await
             .unwrap();
-        let sink = lakehouse::BronzeSink::new(cat).await.unwrap();
         let mut ing = ingestion::Ingester::new(cfg, sink);
         let m = ing.metrics();
         let r = ing.run(ingest_rx).await;
@@ -123,6 +126,7 @@ async fn writes_during_the_initial_copy_appear_exactly_once() {
     assert!(report.snapshot_rows > 0 && report.changes > 0, "{report:?}");
     let t = tables(&client, "p").await.remove(0);
     assert_bronze_matches(&client, dir.path(), &t).await;
+    assert_silver_matches(&client, dir.path(), &t).await;
     // Every row the writer inserted (ids above the seed) appears as exactly one insert,
     // from the copy or from the stream, never both, never neither.
     let changes = bronze_changes(dir.path(), &t).await;
@@ -178,6 +182,7 @@ async fn identity_full_key_changes_toast_and_truncate_replay_exactly() {
     assert!(report.changes > 20);
     for t in tables(&client, "p").await {
         assert_bronze_matches(&client, dir.path(), &t).await;
+        assert_silver_matches(&client, dir.path(), &t).await;
     }
     let keyed = tables(&client, "p")
         .await
@@ -223,6 +228,7 @@ async fn restart_resumes_where_it_stopped_without_duplicates() {
     assert_eq!(r3.snapshot_rows, 0);
     for t in tables(&client, "p").await {
         assert_bronze_matches(&client, dir.path(), &t).await;
+        assert_silver_matches(&client, dir.path(), &t).await;
     }
 }
 

@@ -38,6 +38,19 @@ pub enum LakehouseError {
     /// Building Arrow data failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// A stored file or index does not say what the table's metadata promises.
+    #[error("corrupt table data: {0}")]
+    Corrupt(String),
+    /// A silver table is ahead of the bronze change log it is rebuilt from.
+    #[error("table {table}: silver is at source position {silver}, ahead of bronze at {bronze}")]
+    SilverAhead {
+        /// The lakehouse table.
+        table: String,
+        /// Source position of silver.
+        silver: u64,
+        /// Source position of bronze.
+        bronze: u64,
+    },
     /// A query failed.
     #[error("query: {0}")]
     Query(#[source] Box<datafusion::error::DataFusionError>),

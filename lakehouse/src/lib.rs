@@ -1,8 +1,9 @@
 //! The lakehouse layer: Iceberg medallion tables and the ways to read them.
 //!
 //! It owns the layout of change-log tables ([`ChangeLogSchema`]), the
-//! [`ChangeSink`] seam that change capture writes through (with the bronze
-//! Iceberg implementation, [`BronzeSink`]), and SQL access with DataFusion.
+//! [`ChangeSink`] seam that change capture writes through (the bronze change log
+//! [`BronzeSink`], the silver current state [`SilverSink`], both in step through
+//! [`MedallionSink`]), and SQL access with DataFusion.
 //! It builds on the `catalog` crate and must never import ingestion or any
 //! façade.
 
@@ -10,11 +11,17 @@ pub mod bronze;
 pub mod crash;
 pub mod deletes;
 mod error;
+pub mod files;
+pub mod medallion;
+pub mod pk_index;
 pub mod query;
 pub mod schema;
+pub mod silver;
 pub mod sink;
 
 pub use bronze::BronzeSink;
 pub use error::{LakehouseError, Result};
+pub use medallion::MedallionSink;
 pub use schema::{ChangeLogSchema, ColumnType, SourceColumn};
+pub use silver::SilverSink;
 pub use sink::{ChangeSink, DiscardSink, TableProgress};

@@ -184,33 +184,37 @@ impl ChangeLogSchema {
 
     /// Checks that an existing table stores exactly these columns with these types.
     pub fn check_compatible(&self, existing: &Schema) -> Result<()> {
-        let wanted = self.iceberg_schema()?;
-        let strip = |s: &Schema| -> Vec<(String, String)> {
-            s.as_struct()
-                .fields()
-                .iter()
-                .map(|f| (f.name.clone(), type_shape(&f.field_type)))
-                .collect()
-        };
-        let (have, want) = (strip(existing), strip(&wanted));
-        if have != want {
-            let describe = |v: &[(String, String)]| {
-                v.iter()
-                    .map(|(n, t)| format!("{n} {t}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            return Err(LakehouseError::SchemaMismatch {
-                table: self.table_name(),
-                message: format!(
-                    "stored columns ({}) differ from source ({})",
-                    describe(&have),
-                    describe(&want)
-                ),
-            });
-        }
-        Ok(())
+        check_same_layout(&self.table_name(), existing, &self.iceberg_schema()?)
     }
+}
+
+/// Fails unless `existing` has the columns of `wanted`, same names, types and order.
+pub fn check_same_layout(table: &str, existing: &Schema, wanted: &Schema) -> Result<()> {
+    let strip = |s: &Schema| -> Vec<(String, String)> {
+        s.as_struct()
+            .fields()
+            .iter()
+            .map(|f| (f.name.clone(), type_shape(&f.field_type)))
+            .collect()
+    };
+    let (have, want) = (strip(existing), strip(wanted));
+    if have != want {
+        let describe = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(n, t)| format!("{n} {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(LakehouseError::SchemaMismatch {
+            table: table.to_string(),
+            message: format!(
+                "stored columns ({}) differ from source ({})",
+                describe(&have),
+                describe(&want)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A type printed without field ids, for comparing layouts.

@@ -97,6 +97,7 @@ async fn row_delta_hides_deleted_positions_adds_rows_and_refuses_a_stale_base() 
         data_files: added,
         delete_files: vec![deletes],
         properties: HashMap::from([("bitvelocity.source-lsn".to_string(), "42".to_string())]),
+        ..Default::default()
     };
     let after = commit
         .commit_row_delta(cat.as_ref(), &table, delta)

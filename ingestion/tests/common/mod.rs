@@ -384,12 +384,56 @@ pub fn assert_no_duplicates(t: &SourceTable, changes: &[ChangeRow]) {
     }
 }
 
+/// Every row of `silver.<table>` as key → row (iceberg's reader applies the delete files);
+/// panics on a key that appears twice.
+pub async fn silver_rows(warehouse: &Path, t: &SourceTable) -> Rows {
+    let wh = catalog::Warehouse::new(warehouse).unwrap();
+    let cat = wh.open_catalog().await.unwrap();
+    let ctx = lakehouse::query::session(cat).await.unwrap();
+    let sql = format!("SELECT * FROM silver.\"{}\"", t.changelog.table_name());
+    let batches = lakehouse::query::run(&ctx, &sql)
+        .await
+        .expect("read silver");
+    let mut out = Rows::new();
+    for b in &batches {
+        assert_eq!(
+            b.num_columns(),
+            t.columns.len(),
+            "silver has the source columns only"
+        );
+        for i in 0..b.num_rows() {
+            let vals: Vec<Val> = b.columns().iter().map(|c| arrow_val(c, i)).collect();
+            let key = key_of(t, &vals);
+            if let Some(old) = out.insert(key.clone(), vals) {
+                panic!(
+                    "{}: key {key:?} twice in silver (also {old:?})",
+                    t.qualified()
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Asserts `silver.<table>` equals the source table, row for row.
+pub async fn assert_silver_matches(client: &Client, warehouse: &Path, t: &SourceTable) -> usize {
+    let got = silver_rows(warehouse, t).await;
+    let want = pg_rows(client, t).await;
+    assert_same_rows("silver", t, &got, &want);
+    want.len()
+}
+
 /// Asserts the replayed bronze state equals the source table, row for row.
 pub async fn assert_bronze_matches(client: &Client, warehouse: &Path, t: &SourceTable) -> usize {
     let changes = bronze_changes(warehouse, t).await;
     assert_no_duplicates(t, &changes);
     let got = replay(t, &changes);
     let want = pg_rows(client, t).await;
+    assert_same_rows("bronze replay", t, &got, &want);
+    want.len()
+}
+
+fn assert_same_rows(what: &str, t: &SourceTable, got: &Rows, want: &Rows) {
     if got != want {
         let missing: Vec<_> = want
             .keys()
@@ -408,13 +452,12 @@ pub async fn assert_bronze_matches(client: &Client, warehouse: &Path, t: &Source
             .map(|(k, v)| (k, v, got.get(k)))
             .collect();
         panic!(
-            "{}: bronze replay ({} rows) != source ({} rows)\n missing keys {missing:?}\n extra keys {extra:?}\n differing {differ:#?}",
+            "{}: {what} ({} rows) != source ({} rows)\n missing keys {missing:?}\n extra keys {extra:?}\n differing {differ:#?}",
             t.qualified(),
             got.len(),
             want.len()
         );
     }
-    want.len()
 }
 
 pub fn arc<T>(t: T) -> Arc<T> {
@@ -433,7 +476,9 @@ pub async fn ingest_caught_up(
     cfg.flush_rows = 256;
     let wh = catalog::Warehouse::new(warehouse).unwrap();
     let cat = wh.open_catalog().await.unwrap();
-    let sink = lakehouse::BronzeSink::new(cat).await.unwrap();
+    let sink = lakehouse::MedallionSink::new(cat, wh.commit_path().await.unwrap())
+        .await
+        .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     ingestion::Ingester::new(cfg, sink).run(rx).await
 }

@@ -1,0 +1,149 @@
+//! Reading committed Parquet files by Iceberg field id, whole or at chosen row positions.
+//!
+//! iceberg's scan applies deletes and hides row positions; the primary-key index and the
+//! unchanged-value carry of silver need the raw rows of one file with their positions, so
+//! this reads a file through the table's `FileIO` and projects columns by field id (names
+//! change with schema evolution, ids never do).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use iceberg::io::FileIO;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::{PARQUET_FIELD_ID_META_KEY, ProjectionMask};
+
+use crate::{LakehouseError, Result};
+
+/// Rows per batch read back.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// The Iceberg field id an Arrow field carries in its metadata.
+pub fn field_id(field: &arrow::datatypes::Field) -> Option<i32> {
+    field
+        .metadata()
+        .get(PARQUET_FIELD_ID_META_KEY)
+        .and_then(|v| v.parse().ok())
+}
+
+/// Casts `array` to `ty` when the types differ (list field metadata, time-zone spelling).
+pub fn conform(array: ArrayRef, ty: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == ty {
+        Ok(array)
+    } else {
+        Ok(cast(&array, ty)?)
+    }
+}
+
+/// Reads the columns of `target` (matched by field id; absent ones come back null) from the
+/// Parquet file at `path`, keeping only the rows at `positions` (ascending) when given.
+pub async fn read_projected(
+    file_io: &FileIO,
+    path: &str,
+    target: &SchemaRef,
+    positions: Option<&[u64]>,
+) -> Result<Vec<RecordBatch>> {
+    let bytes = file_io
+        .new_input(path)
+        .map_err(LakehouseError::iceberg(&path))?
+        .read()
+        .await
+        .map_err(LakehouseError::iceberg(&path))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| parquet_err(path, e))?;
+    let file_schema = builder.schema().clone();
+    let total = builder.metadata().file_metadata().num_rows() as usize;
+    let by_id: HashMap<i32, usize> = file_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| field_id(f).map(|id| (id, i)))
+        .collect();
+    let wanted: Vec<Option<usize>> = target
+        .fields()
+        .iter()
+        .map(|f| field_id(f).and_then(|id| by_id.get(&id).copied()))
+        .collect();
+    let mut roots: Vec<usize> = wanted.iter().flatten().copied().collect();
+    roots.sort_unstable();
+    roots.dedup();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
+    let mut builder = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH_ROWS);
+    if let Some(positions) = positions {
+        if positions.is_empty() {
+            return Ok(Vec::new());
+        }
+        builder = builder.with_row_selection(selection(positions, total)?);
+    }
+    let reader = builder.build().map_err(|e| parquet_err(path, e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let columns = target
+            .fields()
+            .iter()
+            .zip(&wanted)
+            .map(|(f, w)| match w {
+                Some(root) => {
+                    let k = roots.binary_search(root).map_err(|_| {
+                        LakehouseError::Corrupt(format!("{path}: projected column lost"))
+                    })?;
+                    conform(batch.column(k).clone(), f.data_type())
+                }
+                None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(RecordBatch::try_new_with_options(
+            target.clone(),
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?);
+    }
+    Ok(out)
+}
+
+/// A row selection keeping exactly `positions` (ascending, distinct) of `total` rows.
+fn selection(positions: &[u64], total: usize) -> Result<RowSelection> {
+    let mut ranges = Vec::new();
+    let mut start = positions[0] as usize;
+    let mut end = start + 1;
+    for &p in &positions[1..] {
+        let p = p as usize;
+        if p == end {
+            end += 1;
+        } else if p > end {
+            ranges.push(start..end);
+            start = p;
+            end = p + 1;
+        } else {
+            return Err(LakehouseError::Corrupt(format!(
+                "row positions not ascending at {p}"
+            )));
+        }
+    }
+    ranges.push(start..end);
+    if end > total {
+        return Err(LakehouseError::Corrupt(format!(
+            "row position {} beyond the file's {total} rows",
+            end - 1
+        )));
+    }
+    Ok(RowSelection::from_consecutive_ranges(
+        ranges.into_iter(),
+        total,
+    ))
+}
+
+fn parquet_err(path: &str, e: parquet::errors::ParquetError) -> LakehouseError {
+    LakehouseError::Corrupt(format!("{path}: {e}"))
+}
+
+/// An Arrow schema with only the fields of `schema` at `indices`.
+pub fn project(schema: &SchemaRef, indices: &[usize]) -> Result<SchemaRef> {
+    Ok(Arc::new(schema.project(indices)?))
+}

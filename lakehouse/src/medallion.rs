@@ -1,0 +1,176 @@
+//! Bronze and silver fed by one capture, with silver recoverable from bronze.
+//!
+//! Every batch is committed to bronze first, then to silver, each table's snapshot
+//! recording the same source position. A crash between the two leaves silver behind
+//! bronze; `prepare` then replays the missing tail of the bronze change log into silver
+//! (a silver table that is missing altogether is rebuilt from the whole log), so both
+//! stand at bronze's position before streaming resumes and the capture loop sees one
+//! position per table, exactly as with bronze alone.
+
+use std::sync::Arc;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use catalog::Catalog;
+use catalog::commit::CommitPath;
+use futures::StreamExt;
+
+use crate::bronze::BRONZE_NAMESPACE;
+use crate::schema::{LSN_COLUMN, SEQ_COLUMN};
+use crate::sink::{ChangeSink, TableProgress};
+use crate::{BronzeSink, ChangeLogSchema, LakehouseError, Result, SilverSink};
+
+/// Rows replayed from bronze into silver between two silver commits during a catch-up.
+const CATCH_UP_COMMIT_ROWS: usize = 500_000;
+
+/// The medallion sink: the bronze change log and the silver current state, in step.
+pub struct MedallionSink {
+    catalog: Arc<dyn Catalog>,
+    bronze: BronzeSink,
+    silver: SilverSink,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for MedallionSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MedallionSink")
+            .field("tables", &self.names)
+            .finish()
+    }
+}
+
+impl MedallionSink {
+    /// Bronze and silver tables in `catalog`, silver committed through `commits`.
+    pub async fn new(catalog: Arc<dyn Catalog>, commits: CommitPath) -> Result<Self> {
+        Ok(Self {
+            bronze: BronzeSink::new(catalog.clone()).await?,
+            silver: SilverSink::new(catalog.clone(), commits).await?,
+            catalog,
+            names: Vec::new(),
+        })
+    }
+
+    /// The silver half, for inspection.
+    pub fn silver(&self) -> &SilverSink {
+        &self.silver
+    }
+
+    /// Replays bronze rows of table `idx` from source position `from` into silver, up to `to`.
+    async fn catch_up(&mut self, idx: usize, from: Option<u64>, to: u64) -> Result<()> {
+        let name = self.names[idx].clone();
+        tracing::info!(table = %name, from = ?from, to, "silver catching up from bronze");
+        let ctx = crate::query::session(self.catalog.clone()).await?;
+        let sql = format!(
+            "SELECT * FROM {}.{BRONZE_NAMESPACE}.\"{}\" WHERE {LSN_COLUMN} >= {} ORDER BY {LSN_COLUMN}, {SEQ_COLUMN}",
+            catalog::CATALOG_NAME,
+            name.replace('"', "\"\""),
+            from.map(|l| l as i64).unwrap_or(i64::MIN),
+        );
+        let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
+        let mut pending = 0usize;
+        let mut last_lsn: Option<i64> = None;
+        let mut replayed = 0u64;
+        while let Some(batch) = stream.next().await {
+            let mut batch = batch?;
+            while batch.num_rows() > 0 {
+                // Commit only where the source position changes, so no source transaction
+                // (nor the initial copy, which shares one position) is split across snapshots.
+                let cut = if pending >= CATCH_UP_COMMIT_ROWS {
+                    first_row_after(&batch, last_lsn)?
+                } else {
+                    None
+                };
+                match cut {
+                    Some(at) => {
+                        replayed += at as u64;
+                        if at > 0 {
+                            self.write_silver(idx, batch.slice(0, at), &mut last_lsn)
+                                .await?;
+                        }
+                        let position = last_lsn.map(|l| l + 1).unwrap_or(0) as u64;
+                        self.silver.commit_table(idx, position).await?;
+                        crate::crash::point("medallion.catch_up_commit");
+                        pending = 0;
+                        batch = batch.slice(at, batch.num_rows() - at);
+                    }
+                    None => {
+                        pending += batch.num_rows();
+                        replayed += batch.num_rows() as u64;
+                        self.write_silver(idx, batch, &mut last_lsn).await?;
+                        break;
+                    }
+                }
+            }
+        }
+        self.silver.commit_table(idx, to).await?;
+        tracing::info!(table = %name, rows = replayed, at = to, "silver caught up");
+        Ok(())
+    }
+
+    async fn write_silver(
+        &mut self,
+        idx: usize,
+        batch: RecordBatch,
+        last_lsn: &mut Option<i64>,
+    ) -> Result<()> {
+        let lsn = lsn_column(&batch)?;
+        if let Some(&l) = lsn.last() {
+            *last_lsn = Some(l);
+        }
+        self.silver.write(idx, batch).await
+    }
+}
+
+fn lsn_column(batch: &RecordBatch) -> Result<&[i64]> {
+    let col = batch
+        .column_by_name(LSN_COLUMN)
+        .ok_or_else(|| LakehouseError::Corrupt(format!("bronze batch without {LSN_COLUMN}")))?;
+    Ok(col.as_primitive::<Int64Type>().values())
+}
+
+/// The first row whose source position differs from `last` (None when all share it).
+fn first_row_after(batch: &RecordBatch, last: Option<i64>) -> Result<Option<usize>> {
+    let lsn = lsn_column(batch)?;
+    Ok(match last {
+        None => Some(0),
+        Some(l) => lsn.iter().position(|&x| x != l),
+    })
+}
+
+#[async_trait]
+impl ChangeSink for MedallionSink {
+    async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>> {
+        self.names = tables.iter().map(|t| t.table_name()).collect();
+        let bronze = self.bronze.prepare(tables).await?;
+        let silver = self.silver.prepare(tables).await?;
+        for (idx, (b, s)) in bronze.iter().zip(&silver).enumerate() {
+            match (b.source_lsn, s.source_lsn) {
+                // Bronze starts over with a fresh copy: silver must start from it too.
+                (None, Some(_)) => self.silver.reset(idx)?,
+                (Some(b), Some(s)) if s > b => {
+                    return Err(LakehouseError::SilverAhead {
+                        table: self.names[idx].clone(),
+                        silver: s,
+                        bronze: b,
+                    });
+                }
+                (Some(b), s) if s.is_none_or(|s| s < b) => self.catch_up(idx, s, b).await?,
+                _ => {}
+            }
+        }
+        Ok(bronze)
+    }
+
+    async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()> {
+        self.bronze.write(table, batch.clone()).await?;
+        self.silver.write(table, batch).await
+    }
+
+    async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
+        self.bronze.commit(lsn, mark).await?;
+        crate::crash::point("medallion.between_bronze_and_silver");
+        self.silver.commit(lsn, mark).await
+    }
+}

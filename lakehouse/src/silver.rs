@@ -1,0 +1,707 @@
+//! Silver: the current state of every source table, kept by row deltas (ADR 0005).
+//!
+//! Each commit folds a run of change-log rows into one snapshot: surviving new row
+//! versions go to a new data file, the rows they replace (found through the
+//! [`PkIndex`]) get position deletes, a TRUNCATE drops every file. Values PostgreSQL did
+//! not send (unchanged TOAST) are carried from the previous version, read back from its
+//! data file when it is already committed. The snapshot records the source position
+//! like bronze does, so the exactly-once protocol (ADR 0002) covers silver unchanged.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, new_null_array};
+use arrow::compute::{concat_batches, interleave};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use catalog::commit::{CommitPath, RowDelta};
+use catalog::{Catalog, NamespaceIdent, TableIdent};
+use iceberg::TableCreation;
+use iceberg::spec::{DataFile, DataFileFormat, Schema, Struct};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::bronze::{KEY_COLUMNS_PROPERTY, SOURCE_TABLE_PROPERTY, read_progress};
+use crate::files::{conform, read_projected};
+use crate::pk_index::{Loc, PkIndex, key_converter, loc};
+use crate::schema::{META_COLUMNS, OP_COLUMN, UNCHANGED_COLUMN};
+use crate::sink::{ChangeSink, SOURCE_LSN_PROPERTY, TableProgress};
+use crate::{ChangeLogSchema, LakehouseError, Result};
+
+/// Namespace of the current-state tables.
+pub const SILVER_NAMESPACE: &str = "silver";
+
+/// How many times a commit that lost a race is re-planned on the new table state.
+const MAX_COMMIT_ATTEMPTS: usize = 8;
+/// Rows per output batch when assembling new row versions.
+const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
+
+struct SilverTable {
+    ident: TableIdent,
+    table: Table,
+    source: ChangeLogSchema,
+    /// Arrow schema of the silver table (the source columns, with field ids).
+    arrow: SchemaRef,
+    key_cols: Vec<usize>,
+    key_schema: SchemaRef,
+    /// Keyed by every column (no primary key): equal rows may repeat.
+    multi: bool,
+    index: PkIndex,
+    pending: Vec<RecordBatch>,
+    /// The next commit first drops every file (the source table is being copied afresh).
+    reset: bool,
+}
+
+/// The current-state sink: one `silver.<table>` per source table, merge-on-read with position deletes.
+pub struct SilverSink {
+    catalog: Arc<dyn Catalog>,
+    commits: CommitPath,
+    namespace: NamespaceIdent,
+    tables: Vec<SilverTable>,
+}
+
+impl std::fmt::Debug for SilverSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SilverSink")
+            .field("tables", &self.tables.len())
+            .finish()
+    }
+}
+
+/// The Iceberg schema of a silver table: the change log's source columns, field ids kept.
+pub fn silver_schema(source: &ChangeLogSchema) -> Result<Schema> {
+    let full = source.iceberg_schema()?;
+    let fields: Vec<_> = full
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| !META_COLUMNS.contains(&f.name.as_str()))
+        .cloned()
+        .collect();
+    Schema::builder()
+        .with_schema_id(0)
+        .with_fields(fields)
+        .build()
+        .map_err(LakehouseError::iceberg(&source.qualified_source()))
+}
+
+impl SilverSink {
+    /// A sink writing into `catalog` (namespace `silver`, created if missing), committing through `commits`.
+    pub async fn new(catalog: Arc<dyn Catalog>, commits: CommitPath) -> Result<Self> {
+        let namespace = catalog::ensure_namespace(catalog.as_ref(), SILVER_NAMESPACE).await?;
+        Ok(Self {
+            catalog,
+            commits,
+            namespace,
+            tables: Vec::new(),
+        })
+    }
+
+    /// Makes the next commit of table `idx` start from an empty table (its source is copied again).
+    pub fn reset(&mut self, idx: usize) -> Result<()> {
+        self.tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?
+            .reset = true;
+        Ok(())
+    }
+
+    /// Live rows of table `idx` according to its primary-key index.
+    pub fn indexed_rows(&self, idx: usize) -> Option<usize> {
+        self.tables.get(idx).map(|t| t.index.len())
+    }
+
+    async fn open_table(&self, schema: &ChangeLogSchema) -> Result<Table> {
+        let ident = TableIdent::new(self.namespace.clone(), schema.table_name());
+        let wanted = silver_schema(schema)?;
+        let catalog = self.catalog.as_ref();
+        if catalog
+            .table_exists(&ident)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))?
+        {
+            let table = catalog
+                .load_table(&ident)
+                .await
+                .map_err(LakehouseError::iceberg(&ident))?;
+            crate::schema::check_same_layout(
+                &ident.to_string(),
+                table.metadata().current_schema(),
+                &wanted,
+            )?;
+            return Ok(table);
+        }
+        let creation = TableCreation::builder()
+            .name(ident.name().to_string())
+            .schema(wanted)
+            .properties([
+                (SOURCE_TABLE_PROPERTY.to_string(), schema.qualified_source()),
+                (KEY_COLUMNS_PROPERTY.to_string(), schema.key.join(",")),
+                (
+                    "write.parquet.compression-codec".to_string(),
+                    "zstd".to_string(),
+                ),
+                ("write.delete.mode".to_string(), "merge-on-read".to_string()),
+                ("write.update.mode".to_string(), "merge-on-read".to_string()),
+            ])
+            .build();
+        tracing::info!(table = %ident, "creating silver table");
+        catalog
+            .create_table(&self.namespace, creation)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))
+    }
+
+    /// Folds the pending change rows of table `idx` into one snapshot at source position `lsn`.
+    pub(crate) async fn commit_table(&mut self, idx: usize, lsn: u64) -> Result<()> {
+        let catalog = self.catalog.clone();
+        let commits = self.commits.clone();
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let plan = plan(t)?;
+            let output = materialize(t, &plan).await?;
+            let data_files = write_data(&t.table, &t.arrow, output).await?;
+            crate::crash::point("silver.after_data_files");
+            let mut delete_files = Vec::new();
+            if !plan.deletes.is_empty() && !plan.truncate {
+                let deletes = plan
+                    .deletes
+                    .iter()
+                    .map(|l| (t.index.path(l.file).to_string(), l.pos as i64))
+                    .collect();
+                let spec = t.table.metadata().default_partition_spec_id();
+                delete_files.push(
+                    crate::deletes::write_position_deletes(
+                        &t.table,
+                        Struct::empty(),
+                        spec,
+                        deletes,
+                    )
+                    .await?,
+                );
+            }
+            crate::crash::point("silver.before_catalog_commit");
+            let written: Vec<String> = data_files
+                .iter()
+                .chain(&delete_files)
+                .map(|f| f.file_path().to_string())
+                .collect();
+            let new_rows: Vec<u64> = data_files.iter().map(|f| f.record_count()).collect();
+            let new_paths: Vec<String> = data_files
+                .iter()
+                .map(|f| f.file_path().to_string())
+                .collect();
+            let delta = RowDelta {
+                data_files,
+                delete_files,
+                removed_files: HashSet::new(),
+                remove_all: plan.truncate,
+                properties: HashMap::from([
+                    (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
+                    (
+                        "bitvelocity.rows".to_string(),
+                        t.pending
+                            .iter()
+                            .map(|b| b.num_rows())
+                            .sum::<usize>()
+                            .to_string(),
+                    ),
+                ]),
+            };
+            match commits
+                .commit_row_delta(catalog.as_ref(), &t.table, delta)
+                .await
+            {
+                Ok(table) => {
+                    crate::crash::point("silver.after_catalog_commit");
+                    t.table = table;
+                    apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
+                    t.pending.clear();
+                    t.reset = false;
+                    tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => {
+                    tracing::info!(table = %t.ident, attempt, error = %e, "silver commit lost a race; re-planning on the new table state");
+                    for path in written {
+                        if let Err(e) = t.table.file_io().delete(&path).await {
+                            tracing::debug!(%path, error = %e, "could not remove an uncommitted file");
+                        }
+                    }
+                    t.table = catalog
+                        .load_table(&t.ident)
+                        .await
+                        .map_err(LakehouseError::iceberg(&t.ident))?;
+                    if let Some(theirs) = read_progress(&t.table)?.source_lsn
+                        && theirs >= lsn
+                    {
+                        return Err(LakehouseError::Corrupt(format!(
+                            "{}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?",
+                            t.ident
+                        )));
+                    }
+                    t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Where a key's row version currently is while a commit is planned.
+#[derive(Debug, Clone, Copy)]
+enum Cur {
+    Committed(Loc),
+    Pending(u32),
+}
+
+/// Where one column value of a new row version comes from.
+#[derive(Debug, Clone, Copy)]
+enum ColSrc {
+    Input(u32, u32),
+    Committed(Loc),
+    Null,
+}
+
+struct NewRow {
+    batch: u32,
+    row: u32,
+    alive: bool,
+    /// Columns not sent by the source, with where their previous value is.
+    carried: Vec<(usize, ColSrc)>,
+}
+
+impl NewRow {
+    fn source_of(&self, col: usize) -> ColSrc {
+        self.carried
+            .iter()
+            .find(|(c, _)| *c == col)
+            .map(|(_, s)| *s)
+            .unwrap_or(ColSrc::Input(self.batch, self.row))
+    }
+}
+
+struct Plan {
+    truncate: bool,
+    deletes: Vec<Loc>,
+    rows: Vec<NewRow>,
+    touched: HashMap<Box<[u8]>, Vec<Cur>>,
+    /// Updates and deletes whose key had no live row (logged; nothing to remove).
+    missing: u64,
+}
+
+/// Replays the pending change rows of `t` against its index: which rows die, which are new.
+fn plan(t: &SilverTable) -> Result<Plan> {
+    let n = t.source.columns.len();
+    let op_col = n + META_COLUMNS
+        .iter()
+        .position(|c| *c == OP_COLUMN)
+        .unwrap_or(0);
+    let unchanged_col = n + META_COLUMNS
+        .iter()
+        .position(|c| *c == UNCHANGED_COLUMN)
+        .unwrap_or(0);
+    let names: HashMap<&str, usize> = t
+        .source
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let converter = key_converter(&t.key_schema)?;
+    let mut p = Plan {
+        truncate: t.reset,
+        deletes: Vec::new(),
+        rows: Vec::new(),
+        touched: HashMap::new(),
+        missing: 0,
+    };
+    let mut base_cleared = t.reset;
+    // The row a delete just removed: when the change right after it is an update of a key
+    // without a live row, the row moved to a new key and unsent values come from here.
+    let mut moved: Option<Cur> = None;
+    for (b, batch) in t.pending.iter().enumerate() {
+        if batch.num_columns() != n + META_COLUMNS.len() {
+            return Err(LakehouseError::SchemaMismatch {
+                table: t.ident.to_string(),
+                message: format!(
+                    "change batch has {} columns, expected {}",
+                    batch.num_columns(),
+                    n + META_COLUMNS.len()
+                ),
+            });
+        }
+        let ops = batch.column(op_col).as_string::<i32>();
+        let unchanged = batch.column(unchanged_col).as_list::<i32>();
+        let key_arrays = t
+            .key_cols
+            .iter()
+            .zip(t.key_schema.fields())
+            .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = converter.convert_columns(&key_arrays)?;
+        for r in 0..batch.num_rows() {
+            let op = ops.value(r);
+            let moved_from = moved.take();
+            if op == "truncate" {
+                p.truncate = true;
+                base_cleared = true;
+                p.touched.clear();
+                p.deletes.clear();
+                p.rows.iter_mut().for_each(|row| row.alive = false);
+                continue;
+            }
+            let key = keys.row(r);
+            if !p.touched.contains_key(key.as_ref()) {
+                let base = if base_cleared {
+                    Vec::new()
+                } else {
+                    t.index
+                        .get(key.as_ref())
+                        .into_iter()
+                        .map(Cur::Committed)
+                        .collect()
+                };
+                p.touched.insert(key.as_ref().into(), base);
+            }
+            let curs = p
+                .touched
+                .get_mut(key.as_ref())
+                .ok_or_else(|| LakehouseError::Corrupt("key vanished while planning".into()))?;
+            let kill = |cur: Cur, rows: &mut Vec<NewRow>, deletes: &mut Vec<Loc>| match cur {
+                Cur::Pending(i) => rows[i as usize].alive = false,
+                Cur::Committed(l) => deletes.push(l),
+            };
+            match op {
+                "insert" => {
+                    if !t.multi {
+                        for cur in curs.drain(..) {
+                            kill(cur, &mut p.rows, &mut p.deletes);
+                        }
+                    }
+                    curs.push(Cur::Pending(p.rows.len() as u32));
+                    p.rows.push(NewRow {
+                        batch: b as u32,
+                        row: r as u32,
+                        alive: true,
+                        carried: Vec::new(),
+                    });
+                }
+                "update" => {
+                    let prior = curs.pop();
+                    if !t.multi {
+                        for cur in curs.drain(..) {
+                            kill(cur, &mut p.rows, &mut p.deletes);
+                        }
+                    }
+                    let mut carried = Vec::new();
+                    if unchanged.is_valid(r) {
+                        let cols = unchanged.value(r);
+                        let cols = cols.as_string::<i32>();
+                        for k in 0..cols.len() {
+                            let c = *names.get(cols.value(k)).ok_or_else(|| {
+                                LakehouseError::SchemaMismatch {
+                                    table: t.ident.to_string(),
+                                    message: format!(
+                                        "unchanged column {} is not a column",
+                                        cols.value(k)
+                                    ),
+                                }
+                            })?;
+                            let src = match prior.or(moved_from) {
+                                Some(Cur::Pending(i)) => p.rows[i as usize].source_of(c),
+                                Some(Cur::Committed(l)) => ColSrc::Committed(l),
+                                None => ColSrc::Null,
+                            };
+                            carried.push((c, src));
+                        }
+                    }
+                    match prior {
+                        Some(cur) => kill(cur, &mut p.rows, &mut p.deletes),
+                        None => p.missing += 1,
+                    }
+                    curs.push(Cur::Pending(p.rows.len() as u32));
+                    p.rows.push(NewRow {
+                        batch: b as u32,
+                        row: r as u32,
+                        alive: true,
+                        carried,
+                    });
+                }
+                "delete" => {
+                    let prior = if t.multi {
+                        curs.pop().into_iter().collect::<Vec<_>>()
+                    } else {
+                        std::mem::take(curs)
+                    };
+                    if prior.is_empty() {
+                        p.missing += 1;
+                    }
+                    moved = prior.last().copied();
+                    for cur in prior {
+                        kill(cur, &mut p.rows, &mut p.deletes);
+                    }
+                }
+                other => {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{}: unknown change kind {other:?}",
+                        t.ident
+                    )));
+                }
+            }
+        }
+    }
+    if p.missing > 0 {
+        tracing::warn!(table = %t.ident, count = p.missing, "updates or deletes of keys silver does not hold");
+    }
+    Ok(p)
+}
+
+/// Assembles the surviving new row versions, reading carried values of committed rows back.
+async fn materialize(t: &SilverTable, plan: &Plan) -> Result<Vec<RecordBatch>> {
+    let alive: Vec<&NewRow> = plan.rows.iter().filter(|r| r.alive).collect();
+    if alive.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Previous versions of carried values that live in committed files, read back by position.
+    let mut wanted: HashMap<u32, Vec<u32>> = HashMap::new();
+    for r in &alive {
+        for (_, s) in &r.carried {
+            if let ColSrc::Committed(l) = s {
+                wanted.entry(l.file).or_default().push(l.pos);
+            }
+        }
+    }
+    let mut fetched: Vec<RecordBatch> = Vec::new();
+    let mut fetched_at: HashMap<Loc, (usize, usize)> = HashMap::new();
+    let base = t.pending.len();
+    for (file, mut positions) in wanted {
+        positions.sort_unstable();
+        positions.dedup();
+        let pos64: Vec<u64> = positions.iter().map(|&p| p as u64).collect();
+        let path = t.index.path(file);
+        let batches = read_projected(t.table.file_io(), path, &t.arrow, Some(&pos64)).await?;
+        let batch = concat_batches(&t.arrow, &batches)?;
+        if batch.num_rows() != positions.len() {
+            return Err(LakehouseError::Corrupt(format!(
+                "{path}: read {} of {} rows",
+                batch.num_rows(),
+                positions.len()
+            )));
+        }
+        for (k, &pos) in positions.iter().enumerate() {
+            fetched_at.insert(Loc { file, pos }, (base + fetched.len(), k));
+        }
+        fetched.push(batch);
+    }
+    let null_source = base + fetched.len();
+    let mut out = Vec::new();
+    for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(t.arrow.fields().len());
+        for (c, field) in t.arrow.fields().iter().enumerate() {
+            let mut sources: Vec<ArrayRef> = Vec::with_capacity(null_source + 1);
+            for b in &t.pending {
+                sources.push(conform(b.column(c).clone(), field.data_type())?);
+            }
+            for f in &fetched {
+                sources.push(f.column(c).clone());
+            }
+            sources.push(new_null_array(field.data_type(), 1));
+            let indices: Vec<(usize, usize)> = chunk
+                .iter()
+                .map(|r| match r.source_of(c) {
+                    ColSrc::Input(b, row) => Ok((b as usize, row as usize)),
+                    ColSrc::Committed(l) => fetched_at.get(&l).copied().ok_or_else(|| {
+                        LakehouseError::Corrupt(format!("carried value at {l:?} not read"))
+                    }),
+                    ColSrc::Null => Ok((null_source, 0)),
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+            columns.push(interleave(&refs, &indices)?);
+        }
+        out.push(RecordBatch::try_new(t.arrow.clone(), columns)?);
+    }
+    Ok(out)
+}
+
+/// Writes `batches` as data files of `table`, in order (row positions follow write order).
+async fn write_data(
+    table: &Table,
+    arrow: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<DataFile>> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ident = table.identifier().clone();
+    let meta = table.metadata();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(Default::default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
+    let location = DefaultLocationGenerator::new(meta).map_err(LakehouseError::iceberg(&ident))?;
+    let names = DefaultFileNameGenerator::new(
+        uuid::Uuid::now_v7().to_string(),
+        None,
+        DataFileFormat::Parquet,
+    );
+    let rolling = RollingFileWriterBuilder::new(
+        parquet,
+        512 * 1024 * 1024,
+        table.file_io().clone(),
+        location,
+        names,
+    );
+    let mut writer = DataFileWriterBuilder::new(rolling)
+        .build(None)
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
+    let mut rows = 0;
+    for b in batches {
+        debug_assert_eq!(b.schema().fields(), arrow.fields());
+        rows += b.num_rows() as u64;
+        writer
+            .write(b)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))?;
+    }
+    let files = writer
+        .close()
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
+    let written: u64 = files.iter().map(|f| f.record_count()).sum();
+    if written != rows {
+        return Err(LakehouseError::Corrupt(format!(
+            "{ident}: wrote {rows} rows but the files hold {written}"
+        )));
+    }
+    Ok(files)
+}
+
+/// Moves a committed plan into the index: touched keys now point at their new rows.
+fn apply_to_index(
+    index: &mut PkIndex,
+    plan: Plan,
+    new_paths: &[String],
+    new_rows: &[u64],
+) -> Result<()> {
+    if plan.truncate {
+        index.clear();
+    }
+    // Output row number of each new version, then its (file, position).
+    let mut out_row = vec![u64::MAX; plan.rows.len()];
+    let mut k = 0u64;
+    for (i, r) in plan.rows.iter().enumerate() {
+        if r.alive {
+            out_row[i] = k;
+            k += 1;
+        }
+    }
+    let mut starts = Vec::with_capacity(new_rows.len());
+    let mut acc = 0u64;
+    let mut ids = Vec::with_capacity(new_paths.len());
+    for (path, &n) in new_paths.iter().zip(new_rows) {
+        starts.push(acc);
+        acc += n;
+        ids.push(index.file_id(path));
+    }
+    for (key, curs) in plan.touched {
+        let mut locs = Vec::with_capacity(curs.len());
+        for cur in curs {
+            locs.push(match cur {
+                Cur::Committed(l) => l,
+                Cur::Pending(i) => {
+                    let o = out_row[i as usize];
+                    let f = starts.partition_point(|&s| s <= o).saturating_sub(1);
+                    loc(ids[f], o - starts[f])?
+                }
+            });
+        }
+        index.set(key, locs);
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ChangeSink for SilverSink {
+    async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>> {
+        self.tables.clear();
+        let mut out = Vec::with_capacity(tables.len());
+        for schema in tables {
+            let table = self.open_table(schema).await?;
+            let ident = table.identifier().clone();
+            let arrow = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+                    .map_err(LakehouseError::iceberg(&ident))?,
+            );
+            let key_cols: Vec<usize> = schema
+                .key
+                .iter()
+                .map(|k| {
+                    schema
+                        .columns
+                        .iter()
+                        .position(|c| &c.name == k)
+                        .ok_or_else(|| LakehouseError::SchemaMismatch {
+                            table: ident.to_string(),
+                            message: format!("key column {k} is not a column"),
+                        })
+                })
+                .collect::<Result<_>>()?;
+            let key_schema = Arc::new(arrow.project(&key_cols)?);
+            let index = PkIndex::rebuild(&table, &key_schema).await?;
+            out.push(read_progress(&table)?);
+            self.tables.push(SilverTable {
+                ident,
+                table,
+                multi: schema.key.len() == schema.columns.len(),
+                source: schema.clone(),
+                arrow,
+                key_cols,
+                key_schema,
+                index,
+                pending: Vec::new(),
+                reset: false,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(table)
+            .ok_or(LakehouseError::UnknownTable(table))?;
+        if batch.num_rows() > 0 {
+            t.pending.push(batch);
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
+        for idx in 0..self.tables.len() {
+            let t = &self.tables[idx];
+            if !t.pending.is_empty() || t.reset || mark.contains(&idx) {
+                self.commit_table(idx, lsn).await?;
+                crate::crash::point("silver.between_tables");
+            }
+        }
+        Ok(())
+    }
+}

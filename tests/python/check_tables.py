@@ -1,0 +1,209 @@
+"""Reads BitVelocity's bronze and silver tables with other engines and compares them with PostgreSQL.
+
+pyiceberg (SqlCatalog over the warehouse's catalog.db) and DuckDB (iceberg_scan of the
+current metadata file) each replay every bronze change log (latest change per key by _lsn,
+_seq) and read every silver table (data files minus its position-delete files); both must
+return exactly the rows `SELECT * FROM` returns in PostgreSQL.
+Exit status 0 on success; prints one line per table, layer and engine.
+"""
+
+import argparse
+import os
+import struct
+import sys
+import uuid
+
+import duckdb
+import psycopg
+from pyiceberg.catalog.sql import SqlCatalog
+
+META = ["_op", "_lsn", "_txid", "_commit_ts", "_seq", "_unchanged_cols"]
+
+
+def canon(v):
+    if isinstance(v, uuid.UUID):
+        return v.bytes
+    if isinstance(v, memoryview):
+        return bytes(v)
+    if isinstance(v, list):
+        return tuple(canon(x) for x in v)
+    return v
+
+
+def as_f32(v):
+    """float4 values: readers turn them into Python floats differently; compare as float4."""
+    return None if v is None else struct.unpack("f", struct.pack("f", v))[0]
+
+
+def fix_reals(row, real_idx):
+    return tuple(as_f32(v) if i in real_idx else v for i, v in enumerate(row))
+
+
+def pg_rows(conn, table, columns, key, real_idx):
+    types = dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s",
+            (table,),
+        ).fetchall()
+    )
+    exprs = []
+    for c in columns:
+        if types[c] in ("json", "jsonb", "USER-DEFINED", "numeric"):
+            exprs.append(f'"{c}"::text')
+        else:
+            exprs.append(f'"{c}"')
+    rows = conn.execute(f"SELECT {', '.join(exprs)} FROM \"{table}\"").fetchall()
+    out = {}
+    for r in rows:
+        r = fix_reals(tuple(canon(v) for v in r), real_idx)
+        out[tuple(r[columns.index(k)] for k in key)] = r
+    return out
+
+
+def real_columns(conn, table, columns):
+    types = dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = %s",
+            (table,),
+        ).fetchall()
+    )
+    return {i for i, c in enumerate(columns) if types[c] == "real"}
+
+
+def replay(records, columns, key, real_idx):
+    state = {}
+    last_deleted = None
+    records.sort(key=lambda r: (r["_lsn"], r["_seq"]))
+    for r in records:
+        op = r["_op"]
+        if op == "truncate":
+            state.clear()
+            continue
+        row = fix_reals(tuple(canon(r[c]) for c in columns), real_idx)
+        k = tuple(row[columns.index(c)] for c in key)
+        if op == "delete":
+            old = state.pop(k, None)
+            last_deleted = (r["_lsn"], r["_seq"], old)
+        else:
+            unchanged = r["_unchanged_cols"] or []
+            if unchanged:
+                # A key change logs the old key's delete right before the update.
+                moved = last_deleted[2] if last_deleted and last_deleted[:2] == (r["_lsn"], r["_seq"] - 1) else None
+                prev = state.get(k, moved)
+                row = tuple(prev[i] if c in unchanged else row[i] for i, c in enumerate(columns))
+            state[k] = row
+    return state
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--warehouse", required=True)
+    p.add_argument("--pg", required=True)
+    p.add_argument("--tables", required=True)
+    a = p.parse_args()
+    wh = os.path.abspath(a.warehouse)
+    catalog = SqlCatalog(
+        "bitvelocity", uri=f"sqlite:///{wh}/catalog.db", warehouse=f"file://{wh}"
+    )
+    import duckdb_ext
+
+    ext_dir = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
+    duck = duckdb.connect(config={"extension_directory": ext_dir, "autoinstall_known_extensions": False})
+    duck.execute("LOAD iceberg")
+    failures = 0
+    with psycopg.connect(a.pg) as conn:
+        for name in a.tables.split(","):
+            table = catalog.load_table(("bronze", name))
+            key = table.properties["bitvelocity.key-columns"].split(",")
+            arrow = table.scan().to_arrow()
+            columns = [f for f in arrow.column_names if f not in META]
+            real_idx = real_columns(conn, name, columns)
+            want = pg_rows(conn, name, columns, key, real_idx)
+            # numeric values: bronze holds decimals, PostgreSQL text; render bronze decimals as text.
+            records = arrow.to_pylist()
+            for r in records:
+                for c in columns:
+                    v = r[c]
+                    if v is not None and type(v).__name__ == "Decimal":
+                        r[c] = str(v)
+            got = replay(records, columns, key, real_idx)
+            ok = got == want
+            print(f"pyiceberg {name}: {len(arrow)} changes, {len(got)} live rows, postgres {len(want)}: {'OK' if ok else 'MISMATCH'}")
+            if not ok:
+                failures += 1
+                missing = [k for k in want if k not in got][:3]
+                extra = [k for k in got if k not in want][:3]
+                differ = [(want[k], got[k]) for k in want if k in got and got[k] != want[k]][:2]
+                print(f"  missing {missing} extra {extra} differ {differ}"[:2000])
+
+            # DuckDB: the replay as SQL over iceberg_scan of the current metadata file.
+            meta = table.metadata_location.removeprefix("file://")
+            keys = ", ".join(f'"{k}"' for k in key)
+            cols = ", ".join(f'"{c}"' for c in columns)
+            sql = f"""
+                WITH c AS (SELECT * FROM iceberg_scan('{meta}')),
+                t AS (SELECT _lsn AS tl, _seq AS tq FROM c WHERE _op = 'truncate'
+                      UNION ALL SELECT -1, -1 ORDER BY tl DESC, tq DESC LIMIT 1),
+                r AS (SELECT c.*, row_number() OVER (PARTITION BY {keys} ORDER BY _lsn DESC, _seq DESC) AS rn
+                      FROM c, t WHERE _op <> 'truncate' AND (_lsn > tl OR (_lsn = tl AND _seq > tq)))
+                SELECT {cols}, len(coalesce(_unchanged_cols, [])) AS nunchanged FROM r WHERE rn = 1 AND _op <> 'delete'"""
+            rows = duck.execute(sql).fetchall()
+            drows = {}
+            partial = False
+            for row in rows:
+                vals = fix_reals(tuple(str(v) if type(v).__name__ == "Decimal" else canon(v) for v in row[:-1]), real_idx)
+                partial |= row[-1] > 0
+                drows[tuple(vals[columns.index(k)] for k in key)] = vals
+            ok = set(drows) == set(want) and (partial or drows == want)
+            print(f"duckdb    {name}: {len(drows)} live rows, postgres {len(want)}: {'OK' if ok else 'MISMATCH'}")
+            if not ok:
+                failures += 1
+                differ = [(want[k], drows.get(k)) for k in want if drows.get(k) != want[k]][:2]
+                print(f"  differ {differ}"[:2000])
+            failures += check_silver(catalog, duck, name, key, columns, real_idx, want)
+    sys.exit(1 if failures else 0)
+
+
+def decimals_as_text(row):
+    return tuple(str(v) if type(v).__name__ == "Decimal" else canon(v) for v in row)
+
+
+def check_silver(catalog, duck, name, key, columns, real_idx, want):
+    """silver.<name> as both engines read it (deletes applied) must equal PostgreSQL."""
+    failures = 0
+    table = catalog.load_table(("silver", name))
+    arrow = table.scan().to_arrow()
+    if arrow.column_names != columns:
+        print(f"pyiceberg silver {name}: columns {arrow.column_names} != {columns}: MISMATCH")
+        return 1
+    readers = {
+        "pyiceberg": [tuple(r[c] for c in columns) for r in arrow.to_pylist()],
+        "duckdb   ": duck.execute(
+            f"SELECT * FROM iceberg_scan('{table.metadata_location.removeprefix('file://')}')"
+        ).fetchall(),
+    }
+    # The delete files pyiceberg's planner attached to the data files it reads.
+    files = len({d.file_path for task in table.scan().plan_files() for d in task.delete_files})
+    for engine, rows in readers.items():
+        got = {}
+        dup = 0
+        for row in rows:
+            vals = fix_reals(decimals_as_text(row), real_idx)
+            k = tuple(vals[columns.index(c)] for c in key)
+            dup += k in got
+            got[k] = vals
+        ok = got == want and dup == 0 and len(rows) == len(want)
+        print(
+            f"{engine} silver {name}: {len(rows)} rows ({files} delete files), postgres {len(want)}: {'OK' if ok else 'MISMATCH'}"
+        )
+        if not ok:
+            failures += 1
+            missing = [k for k in want if k not in got][:3]
+            extra = [k for k in got if k not in want][:3]
+            differ = [(want[k], got[k]) for k in want if k in got and got[k] != want[k]][:2]
+            print(f"  duplicates {dup} missing {missing} extra {extra} differ {differ}"[:2000])
+    return failures
+
+
+if __name__ == "__main__":
+    main()
