@@ -52,6 +52,22 @@ enum Command {
         /// Hand rows to the Iceberg writers in Arrow batches of this many rows.
         #[arg(long, default_value_t = 32 * 1024)]
         flush_rows: usize,
+        /// Maintain a table (compaction, expiry, orphans) after this many commits that changed it; 0 = never.
+        #[arg(long, default_value_t = 50)]
+        maintain_every: u32,
+        #[command(flatten)]
+        maintenance: MaintainOpts,
+    },
+    /// Compact, expire snapshots and remove orphan files of bronze and silver tables.
+    Maintain {
+        /// Warehouse directory.
+        #[arg(long)]
+        warehouse: PathBuf,
+        /// Only this table (`silver.orders`, or `orders` for both layers).
+        #[arg(long)]
+        table: Option<String>,
+        #[command(flatten)]
+        maintenance: MaintainOpts,
     },
     /// Run SQL with DataFusion over every table of a warehouse and print the result.
     Sql {
@@ -75,6 +91,35 @@ enum Command {
         #[arg(long, default_value_t = 3_000)]
         operations: u32,
     },
+}
+
+/// Thresholds and ages of table maintenance.
+#[derive(clap::Args, Clone, Debug)]
+struct MaintainOpts {
+    /// Expire snapshots older than this many seconds (the newest --retain-last always stay).
+    #[arg(long, default_value_t = 3600)]
+    expire_older_than_secs: u64,
+    /// Snapshots of the current lineage that are never expired.
+    #[arg(long, default_value_t = 20)]
+    retain_last: usize,
+    /// Remove unreferenced files older than this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    orphan_older_than_secs: u64,
+    /// Compact small files of a partition once it has this many.
+    #[arg(long, default_value_t = 8)]
+    min_small_files: usize,
+}
+
+impl MaintainOpts {
+    fn options(&self) -> lakehouse::maintenance::MaintenanceOptions {
+        lakehouse::maintenance::MaintenanceOptions {
+            expire_older_than: Duration::from_secs(self.expire_older_than_secs),
+            retain_last: self.retain_last,
+            orphan_older_than: Duration::from_secs(self.orphan_older_than_secs),
+            min_small_files: self.min_small_files.max(2),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -149,6 +194,8 @@ async fn main() {
             batch_interval_ms,
             http,
             flush_rows,
+            maintain_every,
+            maintenance,
         } => {
             init_tracing("info");
             let mut cfg = ingestion::IngestConfig::new(pg, publication);
@@ -159,7 +206,19 @@ async fn main() {
             cfg.batch_rows = batch_rows;
             cfg.batch_interval = Duration::from_millis(batch_interval_ms);
             cfg.flush_rows = flush_rows.max(1);
-            ingest(cfg, warehouse, http).await
+            let auto = (maintain_every > 0).then(|| lakehouse::medallion::AutoMaintenance {
+                every_commits: maintain_every,
+                options: maintenance.options(),
+            });
+            ingest(cfg, warehouse, http, auto).await
+        }
+        Command::Maintain {
+            warehouse,
+            table,
+            maintenance,
+        } => {
+            init_tracing("warn");
+            maintain(warehouse, table, maintenance.options()).await
         }
         Command::Sql { query, warehouse } => {
             init_tracing("warn");
@@ -203,11 +262,15 @@ async fn ingest(
     cfg: ingestion::IngestConfig,
     warehouse: PathBuf,
     http: Option<std::net::SocketAddr>,
+    auto: Option<lakehouse::medallion::AutoMaintenance>,
 ) -> Result<()> {
     let wh = catalog::Warehouse::new(&warehouse)?;
     let catalog = wh.open_catalog().await.context("opening the catalog")?;
     let commits = wh.commit_path().await.context("opening the catalog")?;
-    let sink = lakehouse::MedallionSink::new(catalog, commits).await?;
+    let mut sink = lakehouse::MedallionSink::new(catalog, commits).await?;
+    if let Some(auto) = auto {
+        sink = sink.with_auto_maintenance(auto);
+    }
     let mut ingester = ingestion::Ingester::new(cfg, sink);
     let metrics = ingester.metrics();
     if let Some(addr) = http {
@@ -243,6 +306,52 @@ async fn ingest(
         report.skipped,
         report.confirmed
     );
+    Ok(())
+}
+
+async fn maintain(
+    warehouse: PathBuf,
+    table: Option<String>,
+    opts: lakehouse::maintenance::MaintenanceOptions,
+) -> Result<()> {
+    if !warehouse.join("catalog.db").exists() {
+        anyhow::bail!(
+            "no warehouse at {} (catalog.db missing)",
+            warehouse.display()
+        );
+    }
+    let wh = catalog::Warehouse::new(&warehouse)?;
+    let catalog = wh.open_catalog().await?;
+    let commits = wh.commit_path().await?;
+    let reports = lakehouse::maintenance::maintain_warehouse(
+        catalog.as_ref(),
+        &commits,
+        table.as_deref(),
+        &opts,
+    )
+    .await?;
+    println!(
+        "{:<24} {:>9} {:>9} {:>7} {:>10} {:>10} {:>8} {:>8}",
+        "table", "rewritten", "deletes", "written", "rows kept", "purged", "expired", "orphans"
+    );
+    for (ident, r) in reports {
+        println!(
+            "{:<24} {:>9} {:>9} {:>7} {:>10} {:>10} {:>8} {:>8}{}",
+            ident.to_string(),
+            r.data_files_rewritten,
+            r.delete_files_removed,
+            r.files_written,
+            r.rows_kept,
+            r.rows_purged,
+            r.snapshots_expired,
+            r.orphans_removed,
+            if r.compaction_superseded {
+                "  (compaction superseded by a concurrent one)"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }
 

@@ -42,24 +42,7 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
         .await
         .unwrap();
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/python/check_tables.py"
-    );
-    let out = Command::new(&python)
-        .arg(script)
-        .arg("--warehouse")
-        .arg(&wh)
-        .args(["--pg", &url, "--tables", &ecommerce::TABLES.join(",")])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "interop check failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check(&python, &wh, &url);
     // Both engines checked every table, in both layers.
     for engine in ["pyiceberg", "duckdb"] {
         for silver in [false, true] {
@@ -81,4 +64,62 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
         with_deletes >= 3,
         "too few silver tables had delete files:\n{stdout}"
     );
+
+    // After compaction (every delete file folded into clean data files, old snapshots
+    // expired, unreferenced files removed) both engines still read exactly the source rows.
+    let maintain = Command::new(env!("CARGO_BIN_EXE_bitvelocity"))
+        .args(["maintain", "--warehouse"])
+        .arg(&wh)
+        .args([
+            "--expire-older-than-secs",
+            "0",
+            "--retain-last",
+            "2",
+            "--orphan-older-than-secs",
+            "0",
+            "--min-small-files",
+            "2",
+        ])
+        .output()
+        .expect("run maintain");
+    let report = String::from_utf8_lossy(&maintain.stdout);
+    assert!(
+        maintain.status.success(),
+        "maintain failed: {report}{}",
+        String::from_utf8_lossy(&maintain.stderr)
+    );
+    println!("{report}");
+    let stdout = check(&python, &wh, &url);
+    let after: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" silver ") && l.ends_with("OK"))
+        .collect();
+    assert_eq!(after.len(), 2 * ecommerce::TABLES.len(), "{stdout}");
+    assert!(
+        after.iter().all(|l| l.contains("(0 delete files)")),
+        "delete files left after compaction:\n{stdout}"
+    );
+}
+
+/// Runs the Python check of every table with pyiceberg and DuckDB; returns its output.
+fn check(python: &str, wh: &std::path::Path, url: &str) -> String {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/check_tables.py"
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg("--warehouse")
+        .arg(wh)
+        .args(["--pg", url, "--tables", &ecommerce::TABLES.join(",")])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "interop check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }

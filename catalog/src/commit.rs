@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use iceberg::spec::{
     DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, Summary,
+    ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadata, TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation};
@@ -236,6 +236,39 @@ impl CommitPath {
             .build()
             .map_err(err)?
             .metadata;
+        self.publish(catalog, table, new_meta).await
+    }
+
+    /// Commits a metadata-only change of `table` (expiring snapshots, say), built by `update`
+    /// from the current metadata, with the same compare-and-swap as a row delta.
+    pub async fn commit_metadata(
+        &self,
+        catalog: &dyn Catalog,
+        table: &Table,
+        update: impl FnOnce(TableMetadataBuilder) -> iceberg::Result<TableMetadataBuilder>,
+    ) -> Result<Table> {
+        let name = table.identifier().to_string();
+        let err = |e: iceberg::Error| CatalogError::from_iceberg(name.clone(), e);
+        let current = table.metadata_location_result().map_err(err)?.to_string();
+        let builder = table.metadata().clone().into_builder(Some(current));
+        let new_meta = update(builder)
+            .and_then(|b| b.build())
+            .map_err(err)?
+            .metadata;
+        self.publish(catalog, table, new_meta).await
+    }
+
+    /// Writes `new_meta` as the next metadata file of `table` and swaps the catalog pointer to it.
+    async fn publish(
+        &self,
+        catalog: &dyn Catalog,
+        table: &Table,
+        new_meta: TableMetadata,
+    ) -> Result<Table> {
+        let name = table.identifier().to_string();
+        let err = |e: iceberg::Error| CatalogError::from_iceberg(name.clone(), e);
+        let file_io = table.file_io();
+        let current = table.metadata_location_result().map_err(err)?.to_string();
         let location = MetadataLocation::from_str(&current)
             .map_err(err)?
             .with_next_version()

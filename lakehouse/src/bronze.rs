@@ -186,6 +186,27 @@ impl BronzeSink {
     }
 }
 
+impl BronzeSink {
+    /// Reloads table `idx` after another writer (maintenance) committed.
+    pub async fn reload(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        t.table = self
+            .catalog
+            .load_table(&t.ident)
+            .await
+            .map_err(LakehouseError::iceberg(&t.ident))?;
+        Ok(())
+    }
+
+    /// The catalog name of table `idx`.
+    pub fn ident(&self, idx: usize) -> Option<&TableIdent> {
+        self.tables.get(idx).map(|t| &t.ident)
+    }
+}
+
 /// Reads the source position recorded by the table's current snapshot.
 pub fn read_progress(table: &Table) -> Result<TableProgress> {
     let Some(snapshot) = table.metadata().current_snapshot() else {

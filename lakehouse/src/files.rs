@@ -147,3 +147,81 @@ fn parquet_err(path: &str, e: parquet::errors::ParquetError) -> LakehouseError {
 pub fn project(schema: &SchemaRef, indices: &[usize]) -> Result<SchemaRef> {
     Ok(Arc::new(schema.project(indices)?))
 }
+
+/// One live file of a snapshot, as its manifest describes it.
+#[derive(Debug, Clone)]
+pub struct LiveFile {
+    /// The manifest entry's file description.
+    pub file: iceberg::spec::DataFile,
+    /// Data sequence number the file was committed with.
+    pub sequence: i64,
+    /// Partition spec the file was written with (from its manifest).
+    pub spec_id: i32,
+}
+
+/// The live data files and position-delete files of `table`'s current snapshot.
+#[derive(Debug, Default)]
+pub struct LiveFiles {
+    /// Data files.
+    pub data: Vec<LiveFile>,
+    /// Position-delete files.
+    pub deletes: Vec<LiveFile>,
+}
+
+/// Lists the files `table`'s current snapshot reads; equality deletes are refused (we never write them).
+pub async fn live_files(table: &iceberg::table::Table) -> Result<LiveFiles> {
+    let mut out = LiveFiles::default();
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return Ok(out);
+    };
+    let name = table.identifier().to_string();
+    let file_io = table.file_io();
+    let list = table
+        .manifest_list_reader(snapshot)
+        .load()
+        .await
+        .map_err(LakehouseError::iceberg(&name))?;
+    for m in list.entries() {
+        let manifest = m
+            .load_manifest(file_io)
+            .await
+            .map_err(LakehouseError::iceberg(&name))?;
+        for e in manifest.entries().iter().filter(|e| e.is_alive()) {
+            let live = LiveFile {
+                file: e.data_file().clone(),
+                sequence: e.sequence_number().unwrap_or(m.sequence_number),
+                spec_id: m.partition_spec_id,
+            };
+            match e.content_type() {
+                iceberg::spec::DataContentType::Data => out.data.push(live),
+                iceberg::spec::DataContentType::PositionDeletes => out.deletes.push(live),
+                iceberg::spec::DataContentType::EqualityDeletes => {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{name}: equality-delete file {} (BitVelocity writes position deletes only)",
+                        e.file_path()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The (data file path, row position) pairs a position-delete file removes.
+pub async fn read_position_deletes(file_io: &FileIO, path: &str) -> Result<Vec<(String, u64)>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    let schema = Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(&crate::deletes::position_delete_schema()?)
+            .map_err(LakehouseError::iceberg(&path))?,
+    );
+    let mut out = Vec::new();
+    for b in read_projected(file_io, path, &schema, None).await? {
+        let paths = b.column(0).as_string::<i32>();
+        let pos = b.column(1).as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            out.push((paths.value(i).to_string(), pos.value(i) as u64));
+        }
+    }
+    Ok(out)
+}

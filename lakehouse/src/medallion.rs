@@ -18,6 +18,7 @@ use catalog::commit::CommitPath;
 use futures::StreamExt;
 
 use crate::bronze::BRONZE_NAMESPACE;
+use crate::maintenance::{MaintenanceOptions, maintain_table};
 use crate::schema::{LSN_COLUMN, SEQ_COLUMN};
 use crate::sink::{ChangeSink, TableProgress};
 use crate::{BronzeSink, ChangeLogSchema, LakehouseError, Result, SilverSink};
@@ -28,9 +29,23 @@ const CATCH_UP_COMMIT_ROWS: usize = 500_000;
 /// The medallion sink: the bronze change log and the silver current state, in step.
 pub struct MedallionSink {
     catalog: Arc<dyn Catalog>,
+    commits: CommitPath,
     bronze: BronzeSink,
     silver: SilverSink,
     names: Vec<String>,
+    auto: Option<AutoMaintenance>,
+    /// Per table: written since the last commit, and commits since its last maintenance.
+    written: Vec<bool>,
+    since_maintenance: Vec<u32>,
+}
+
+/// Maintenance the ingest loop runs by itself, between commits.
+#[derive(Debug, Clone)]
+pub struct AutoMaintenance {
+    /// Maintain a table after this many commits that changed it.
+    pub every_commits: u32,
+    /// What maintenance does.
+    pub options: MaintenanceOptions,
 }
 
 impl std::fmt::Debug for MedallionSink {
@@ -46,10 +61,35 @@ impl MedallionSink {
     pub async fn new(catalog: Arc<dyn Catalog>, commits: CommitPath) -> Result<Self> {
         Ok(Self {
             bronze: BronzeSink::new(catalog.clone()).await?,
-            silver: SilverSink::new(catalog.clone(), commits).await?,
+            silver: SilverSink::new(catalog.clone(), commits.clone()).await?,
             catalog,
+            commits,
             names: Vec::new(),
+            auto: None,
+            written: Vec::new(),
+            since_maintenance: Vec::new(),
         })
+    }
+
+    /// Runs maintenance on a table's bronze and silver tables every so many commits.
+    pub fn with_auto_maintenance(mut self, auto: AutoMaintenance) -> Self {
+        self.auto = Some(auto);
+        self
+    }
+
+    /// Compacts, expires and sweeps both tables of `idx`, then picks up their new state.
+    async fn maintain(&mut self, idx: usize, opts: &MaintenanceOptions) -> Result<()> {
+        for ident in [self.bronze.ident(idx), self.silver.ident(idx)]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            let report = maintain_table(self.catalog.as_ref(), &self.commits, &ident, opts).await?;
+            tracing::info!(table = %ident, ?report, "automatic maintenance");
+        }
+        self.bronze.reload(idx).await?;
+        self.silver.reload(idx).await
     }
 
     /// The silver half, for inspection.
@@ -143,6 +183,8 @@ fn first_row_after(batch: &RecordBatch, last: Option<i64>) -> Result<Option<usiz
 impl ChangeSink for MedallionSink {
     async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>> {
         self.names = tables.iter().map(|t| t.table_name()).collect();
+        self.written = vec![false; tables.len()];
+        self.since_maintenance = vec![0; tables.len()];
         let bronze = self.bronze.prepare(tables).await?;
         let silver = self.silver.prepare(tables).await?;
         for (idx, (b, s)) in bronze.iter().zip(&silver).enumerate() {
@@ -164,6 +206,9 @@ impl ChangeSink for MedallionSink {
     }
 
     async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()> {
+        if let Some(w) = self.written.get_mut(table) {
+            *w = true;
+        }
         self.bronze.write(table, batch.clone()).await?;
         self.silver.write(table, batch).await
     }
@@ -171,6 +216,19 @@ impl ChangeSink for MedallionSink {
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
         self.bronze.commit(lsn, mark).await?;
         crate::crash::point("medallion.between_bronze_and_silver");
-        self.silver.commit(lsn, mark).await
+        self.silver.commit(lsn, mark).await?;
+        let Some(auto) = self.auto.clone() else {
+            return Ok(());
+        };
+        for idx in 0..self.written.len() {
+            if std::mem::take(&mut self.written[idx]) {
+                self.since_maintenance[idx] += 1;
+            }
+            if self.since_maintenance[idx] >= auto.every_commits.max(1) {
+                self.since_maintenance[idx] = 0;
+                self.maintain(idx, &auto.options).await?;
+            }
+        }
+        Ok(())
     }
 }

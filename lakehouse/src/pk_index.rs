@@ -8,13 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
-use iceberg::spec::DataContentType;
 use iceberg::table::Table;
 
-use crate::files::read_projected;
+use crate::files::{live_files, read_position_deletes, read_projected};
 use crate::{LakehouseError, Result};
 
 /// A row of a committed data file: the file (by its number in the index) and its position.
@@ -129,57 +127,22 @@ impl PkIndex {
     /// Builds the index of `table`'s current snapshot from its files.
     pub async fn rebuild(table: &Table, key_schema: &SchemaRef) -> Result<Self> {
         let mut index = PkIndex::default();
-        let Some(snapshot) = table.metadata().current_snapshot() else {
+        if table.metadata().current_snapshot().is_none() {
             return Ok(index);
-        };
+        }
         let name = table.identifier().to_string();
         let file_io = table.file_io();
-        let list = table
-            .manifest_list_reader(snapshot)
-            .load()
-            .await
-            .map_err(LakehouseError::iceberg(&name))?;
-        let mut data_files = Vec::new();
-        let mut delete_files = Vec::new();
-        for m in list.entries() {
-            let manifest = m
-                .load_manifest(file_io)
-                .await
-                .map_err(LakehouseError::iceberg(&name))?;
-            for e in manifest.entries().iter().filter(|e| e.is_alive()) {
-                match e.content_type() {
-                    DataContentType::Data => data_files.push(e.file_path().to_string()),
-                    DataContentType::PositionDeletes => {
-                        delete_files.push(e.file_path().to_string())
-                    }
-                    DataContentType::EqualityDeletes => {
-                        return Err(LakehouseError::Corrupt(format!(
-                            "{name}: equality-delete file {} (silver writes position deletes only)",
-                            e.file_path()
-                        )));
-                    }
-                }
-            }
-        }
-        let delete_schema = Arc::new(
-            iceberg::arrow::schema_to_arrow_schema(&crate::deletes::position_delete_schema()?)
-                .map_err(LakehouseError::iceberg(&name))?,
-        );
+        let live = live_files(table).await?;
         let mut deleted: HashMap<String, HashSet<u64>> = HashMap::new();
-        for path in &delete_files {
-            for b in read_projected(file_io, path, &delete_schema, None).await? {
-                let paths = b.column(0).as_string::<i32>();
-                let pos = b.column(1).as_primitive::<Int64Type>();
-                for i in 0..b.num_rows() {
-                    deleted
-                        .entry(paths.value(i).to_string())
-                        .or_default()
-                        .insert(pos.value(i) as u64);
-                }
+        for d in &live.deletes {
+            for (path, pos) in read_position_deletes(file_io, d.file.file_path()).await? {
+                deleted.entry(path).or_default().insert(pos);
             }
         }
+        let data_files: Vec<&str> = live.data.iter().map(|f| f.file.file_path()).collect();
+        let delete_files = &live.deletes;
         let converter = key_converter(key_schema)?;
-        for path in &data_files {
+        for &path in &data_files {
             let gone = deleted.get(path);
             let file = index.file_id(path);
             let mut pos: u64 = 0;

@@ -115,6 +115,26 @@ impl SilverSink {
         Ok(())
     }
 
+    /// Reloads table `idx` after another writer (maintenance) committed, rebuilding its index.
+    pub async fn reload(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        t.table = self
+            .catalog
+            .load_table(&t.ident)
+            .await
+            .map_err(LakehouseError::iceberg(&t.ident))?;
+        t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+        Ok(())
+    }
+
+    /// The catalog name of table `idx`.
+    pub fn ident(&self, idx: usize) -> Option<&TableIdent> {
+        self.tables.get(idx).map(|t| &t.ident)
+    }
+
     /// Live rows of table `idx` according to its primary-key index.
     pub fn indexed_rows(&self, idx: usize) -> Option<usize> {
         self.tables.get(idx).map(|t| t.index.len())
