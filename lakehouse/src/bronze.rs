@@ -113,6 +113,11 @@ impl BronzeSink {
                         "write.parquet.compression-codec".to_string(),
                         "zstd".to_string(),
                     ),
+                    // Metadata files older than this many versions become orphans (maintenance).
+                    (
+                        "write.metadata.previous-versions-max".to_string(),
+                        "25".to_string(),
+                    ),
                 ])
                 .build();
             tracing::info!(table = %ident, "creating bronze table");

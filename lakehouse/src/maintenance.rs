@@ -39,7 +39,7 @@ use crate::{LakehouseError, Result};
 /// Snapshot-summary key naming the maintenance task that wrote a snapshot.
 pub const MAINTENANCE_PROPERTY: &str = "bitvelocity.maintenance";
 /// How often a compaction re-bases onto concurrent commits before giving up for this round.
-const MAX_REBASES: usize = 32;
+const MAX_REBASES: usize = 64;
 
 /// Thresholds and ages of one maintenance run.
 #[derive(Debug, Clone)]
@@ -301,6 +301,7 @@ pub async fn compact(
                 return Ok(report);
             }
             Err(e) if e.is_retryable() && attempt < MAX_REBASES => {
+                tokio::time::sleep(crate::silver::retry_pause(attempt + 1)).await;
                 current = load(catalog, ident).await?;
                 let now = live_files(&current).await?;
                 let live_now: HashSet<&str> = now.data.iter().map(|f| f.file.file_path()).collect();
@@ -456,7 +457,10 @@ pub async fn expire_snapshots(
                 tracing::info!(table = %ident, expired = expired.len(), "expired snapshots");
                 return Ok(expired.len());
             }
-            Err(e) if e.is_retryable() => continue,
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(crate::silver::retry_pause(1)).await;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -40,8 +40,8 @@ use crate::{ChangeLogSchema, LakehouseError, Result};
 /// Namespace of the current-state tables.
 pub const SILVER_NAMESPACE: &str = "silver";
 
-/// How many times a commit that lost a race is re-planned on the new table state.
-const MAX_COMMIT_ATTEMPTS: usize = 8;
+/// How many times a commit that lost a race is retried on the new table state.
+const MAX_COMMIT_ATTEMPTS: usize = 100;
 /// Rows per output batch when assembling new row versions.
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
 
@@ -170,6 +170,11 @@ impl SilverSink {
                     "write.parquet.compression-codec".to_string(),
                     "zstd".to_string(),
                 ),
+                // Metadata files older than this many versions become orphans (maintenance).
+                (
+                    "write.metadata.previous-versions-max".to_string(),
+                    "25".to_string(),
+                ),
                 ("write.delete.mode".to_string(), "merge-on-read".to_string()),
                 ("write.update.mode".to_string(), "merge-on-read".to_string()),
             ])
@@ -190,8 +195,8 @@ impl SilverSink {
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?;
         let mut attempt = 0;
-        loop {
-            attempt += 1;
+        let rows_in = t.pending.iter().map(|b| b.num_rows()).sum::<usize>();
+        'plan: loop {
             let plan = plan(t)?;
             let output = materialize(t, &plan).await?;
             let data_files = write_data(&t.table, &t.arrow, output).await?;
@@ -215,71 +220,88 @@ impl SilverSink {
                 );
             }
             crate::crash::point("silver.before_catalog_commit");
-            let written: Vec<String> = data_files
-                .iter()
-                .chain(&delete_files)
-                .map(|f| f.file_path().to_string())
-                .collect();
             let new_rows: Vec<u64> = data_files.iter().map(|f| f.record_count()).collect();
             let new_paths: Vec<String> = data_files
                 .iter()
                 .map(|f| f.file_path().to_string())
                 .collect();
-            let delta = RowDelta {
-                data_files,
-                delete_files,
-                removed_files: HashSet::new(),
-                remove_all: plan.truncate,
-                properties: HashMap::from([
-                    (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
-                    (
-                        "bitvelocity.rows".to_string(),
-                        t.pending
-                            .iter()
-                            .map(|b| b.num_rows())
-                            .sum::<usize>()
-                            .to_string(),
-                    ),
-                ]),
-            };
-            match commits
-                .commit_row_delta(catalog.as_ref(), &t.table, delta)
-                .await
-            {
-                Ok(table) => {
-                    crate::crash::point("silver.after_catalog_commit");
-                    t.table = table;
-                    apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
-                    t.pending.clear();
-                    t.reset = false;
-                    tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
-                    return Ok(());
-                }
-                Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => {
-                    tracing::info!(table = %t.ident, attempt, error = %e, "silver commit lost a race; re-planning on the new table state");
-                    for path in written {
-                        if let Err(e) = t.table.file_io().delete(&path).await {
-                            tracing::debug!(%path, error = %e, "could not remove an uncommitted file");
-                        }
+            loop {
+                attempt += 1;
+                let delta = RowDelta {
+                    data_files: data_files.clone(),
+                    delete_files: delete_files.clone(),
+                    removed_files: HashSet::new(),
+                    remove_all: plan.truncate,
+                    properties: HashMap::from([
+                        (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
+                        ("bitvelocity.rows".to_string(), rows_in.to_string()),
+                    ]),
+                };
+                let err = match commits
+                    .commit_row_delta(catalog.as_ref(), &t.table, delta)
+                    .await
+                {
+                    Ok(table) => {
+                        crate::crash::point("silver.after_catalog_commit");
+                        t.table = table;
+                        apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
+                        t.pending.clear();
+                        t.reset = false;
+                        tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
+                        return Ok(());
                     }
-                    t.table = catalog
-                        .load_table(&t.ident)
-                        .await
-                        .map_err(LakehouseError::iceberg(&t.ident))?;
-                    if let Some(theirs) = read_progress(&t.table)?.source_lsn
-                        && theirs >= lsn
-                    {
-                        return Err(LakehouseError::Corrupt(format!(
-                            "{}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?",
-                            t.ident
-                        )));
-                    }
-                    t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+                    Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => e,
+                    Err(e) => return Err(e.into()),
+                };
+                // Re-validate on the new table state: only a concurrent rewrite (maintenance)
+                // can invalidate the plan, by removing files its positions point into.
+                tokio::time::sleep(retry_pause(attempt)).await;
+                let before = live_data_paths(&t.table).await?;
+                t.table = catalog
+                    .load_table(&t.ident)
+                    .await
+                    .map_err(LakehouseError::iceberg(&t.ident))?;
+                if let Some(theirs) = read_progress(&t.table)?.source_lsn
+                    && theirs >= lsn
+                {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?",
+                        t.ident
+                    )));
                 }
-                Err(e) => return Err(e.into()),
+                let after = live_data_paths(&t.table).await?;
+                if before.is_subset(&after) {
+                    tracing::debug!(table = %t.ident, attempt, error = %err, "silver commit lost a race; retrying on the new base");
+                    continue;
+                }
+                tracing::info!(table = %t.ident, attempt, "files were rewritten concurrently; re-planning on the new table state");
+                for f in data_files.iter().chain(&delete_files) {
+                    if let Err(e) = t.table.file_io().delete(f.file_path()).await {
+                        tracing::debug!(path = f.file_path(), error = %e, "could not remove an uncommitted file");
+                    }
+                }
+                t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+                continue 'plan;
             }
         }
     }
+}
+
+/// Paths of the live data files of `table`'s current snapshot.
+async fn live_data_paths(table: &Table) -> Result<HashSet<String>> {
+    Ok(crate::files::live_files(table)
+        .await?
+        .data
+        .into_iter()
+        .map(|f| f.file.file_path().to_string())
+        .collect())
+}
+
+/// A growing, jittered pause between commit attempts, so racing writers spread out.
+pub(crate) fn retry_pause(attempt: usize) -> std::time::Duration {
+    let base = 5u64 * attempt.min(20) as u64;
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
+    std::time::Duration::from_millis(base + jitter)
 }
 
 /// Where a key's row version currently is while a commit is planned.

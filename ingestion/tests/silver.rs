@@ -1,0 +1,353 @@
+//! Silver against a real PostgreSQL: a randomized workload checked after every batch,
+//! maintenance racing a running ingester (with a third writer forcing commit conflicts),
+//! and automatic maintenance keeping storage bounded under an update-heavy load.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{assert_bronze_matches, assert_silver_matches, connect, ingest_caught_up, start_pg};
+use lakehouse::maintenance::{MaintenanceOptions, maintain_warehouse};
+use lakehouse::medallion::AutoMaintenance;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+const KV_DDL: &str = "
+CREATE TABLE kv (id int PRIMARY KEY, n int NOT NULL, doc text, tag text);
+ALTER TABLE kv ALTER COLUMN doc SET STORAGE EXTERNAL;  -- large docs stay out of line: unchanged TOAST
+CREATE TABLE pair (a int, b text, v int, PRIMARY KEY (a, b));
+CREATE PUBLICATION p FOR TABLE kv, pair;
+";
+
+fn doc(rng: &mut StdRng) -> String {
+    // Big enough to be TOASTed (over 2 kB), distinct per write.
+    let seed: u64 = rng.random();
+    format!("{seed:016x}").repeat(200)
+}
+
+/// One random source transaction over `kv` and `pair`.
+async fn random_txn(c: &Client, rng: &mut StdRng, next_id: &mut i32, deleted: &mut Vec<i32>) {
+    let mut sql = String::from("BEGIN;");
+    for _ in 0..rng.random_range(1..6) {
+        let id = rng.random_range(1..=*next_id);
+        match rng.random_range(0..100) {
+            0..=24 => {
+                *next_id += 1;
+                sql += &format!(
+                    "INSERT INTO kv VALUES ({}, {}, '{}', 't{}');",
+                    *next_id,
+                    rng.random_range(0..1000),
+                    doc(rng),
+                    rng.random_range(0..5)
+                );
+            }
+            25..=49 => sql += &format!("UPDATE kv SET n = n + 1 WHERE id = {id};"), // doc unchanged
+            50..=59 => sql += &format!("UPDATE kv SET doc = '{}' WHERE id = {id};", doc(rng)),
+            60..=66 => {
+                *next_id += 1;
+                sql += &format!("UPDATE kv SET id = {} WHERE id = {id};", *next_id); // key change
+            }
+            67..=79 => {
+                sql += &format!("DELETE FROM kv WHERE id = {id};");
+                deleted.push(id);
+            }
+            80..=86 => {
+                if let Some(id) = deleted.pop() {
+                    sql += &format!(
+                        "INSERT INTO kv VALUES ({id}, 0, 'back', NULL) ON CONFLICT (id) DO UPDATE SET tag = 'again';"
+                    );
+                }
+            }
+            87..=96 => {
+                let a = rng.random_range(0..30);
+                let b = ["x", "y", "z"][rng.random_range(0..3)];
+                sql += &format!(
+                    "INSERT INTO pair VALUES ({a}, '{b}', 1) ON CONFLICT (a, b) DO UPDATE SET v = pair.v + 1;"
+                );
+                if rng.random_bool(0.3) {
+                    *next_id += 1; // a fresh key: the row moves, never onto an existing one
+                    sql += &format!(
+                        "UPDATE pair SET b = 'k{}' WHERE a = {a} AND b = '{b}';",
+                        *next_id
+                    );
+                }
+            }
+            _ => sql += "DELETE FROM pair WHERE v % 2 = 0;",
+        }
+    }
+    sql += "COMMIT;";
+    c.batch_execute(&sql).await.unwrap();
+}
+
+async fn seed(c: &Client, rng: &mut StdRng, rows: i32) {
+    c.batch_execute(KV_DDL).await.unwrap();
+    for id in 1..=rows {
+        c.batch_execute(&format!(
+            "INSERT INTO kv VALUES ({id}, {id}, '{}', NULL)",
+            doc(rng)
+        ))
+        .await
+        .unwrap();
+    }
+}
+
+async fn check_all(client: &Client, wh: &Path) {
+    for t in common::tables(client, "p").await {
+        assert_silver_matches(client, wh, &t).await;
+        assert_bronze_matches(client, wh, &t).await;
+    }
+}
+
+#[tokio::test]
+async fn randomized_workload_matches_postgres_after_every_batch() {
+    let (_pg, url) = start_pg("random").await;
+    let client = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    seed(&client, &mut rng, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut next_id = 200;
+    let mut deleted = Vec::new();
+    for batch in 0..12 {
+        for _ in 0..rng.random_range(20..80) {
+            random_txn(&client, &mut rng, &mut next_id, &mut deleted).await;
+        }
+        if batch % 5 == 4 {
+            // TRUNCATE inside a transaction that refills the table.
+            client
+                .batch_execute(
+                    "BEGIN; TRUNCATE pair; INSERT INTO pair VALUES (1, 'after', 1); COMMIT;",
+                )
+                .await
+                .unwrap();
+        }
+        ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+        check_all(&client, dir.path()).await;
+    }
+}
+
+/// A long-running ingester (as `bitvelocity ingest` runs it) in a task.
+fn spawn_ingest(
+    url: &str,
+    wh: &Path,
+    auto: Option<AutoMaintenance>,
+) -> (
+    tokio::task::JoinHandle<ingestion::Result<ingestion::IngestReport>>,
+    watch::Sender<bool>,
+) {
+    let (stop, rx) = watch::channel(false);
+    let (url, wh) = (url.to_string(), wh.to_path_buf());
+    let task = tokio::spawn(async move {
+        let mut cfg = ingestion::IngestConfig::new(url, "p");
+        cfg.batch_interval = Duration::from_millis(100);
+        let wh = catalog::Warehouse::new(&wh).unwrap();
+        let cat = wh.open_catalog().await.unwrap();
+        let mut sink = lakehouse::MedallionSink::new(cat, wh.commit_path().await.unwrap())
+            .await
+            .unwrap();
+        if let Some(auto) = auto {
+            sink = sink.with_auto_maintenance(auto);
+        }
+        ingestion::Ingester::new(cfg, sink).run(rx).await
+    });
+    (task, stop)
+}
+
+/// Waits until the slot confirms everything written so far; false if the ingester stopped.
+async fn wait_caught_up(client: &Client, ingest: &tokio::task::JoinHandle<impl Sized>) -> bool {
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let target: ingestion::Lsn = target.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if ingest.is_finished() {
+            return false;
+        }
+        assert!(std::time::Instant::now() < deadline, "no catch-up in 120 s");
+        let s: Option<String> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if s.is_some_and(|s| s.parse::<ingestion::Lsn>().unwrap() >= target) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_racing_ingest_and_forced_conflicts_lose_nothing() {
+    let (_pg, url) = start_pg("race").await;
+    let client = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(7);
+    seed(&client, &mut rng, 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh: PathBuf = dir.path().to_path_buf();
+    let (ingest, stop_ingest) = spawn_ingest(&url, &wh, None);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Maintenance in a loop, as a second process would run `bitvelocity maintain`.
+    let maint_wh = wh.clone();
+    let mut maint_stop = stop_rx.clone();
+    let maintainer = tokio::spawn(async move {
+        let w = catalog::Warehouse::new(&maint_wh).unwrap();
+        let cat = w.open_catalog().await.unwrap();
+        let commits = w.commit_path().await.unwrap();
+        let opts = MaintenanceOptions {
+            min_small_files: 2,
+            expire_older_than: Duration::ZERO,
+            retain_last: 3,
+            // Files of a commit in flight are younger than this and stay.
+            orphan_older_than: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let (mut rounds, mut rewritten, mut rebases, mut remapped) = (0, 0, 0, 0u64);
+        while !*maint_stop.borrow_and_update() {
+            if cat
+                .table_exists(&catalog::TableIdent::from_strs(["silver", "kv"]).unwrap())
+                .await
+                .unwrap()
+            {
+                for (_, r) in maintain_warehouse(cat.as_ref(), &commits, None, &opts)
+                    .await
+                    .expect("maintenance")
+                {
+                    rewritten += r.data_files_rewritten;
+                    rebases += r.rebases;
+                    remapped += r.deletes_remapped;
+                }
+                rounds += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (rounds, rewritten, rebases, remapped)
+    });
+    // A third writer bumping a table property of silver.kv as fast as it can: every
+    // ingest and maintenance commit keeps finding the pointer moved.
+    let bump_wh = wh.clone();
+    let mut bump_stop = stop_rx.clone();
+    let bumper = tokio::spawn(async move {
+        let w = catalog::Warehouse::new(&bump_wh).unwrap();
+        let cat = w.open_catalog().await.unwrap();
+        let commits = w.commit_path().await.unwrap();
+        let ident = catalog::TableIdent::from_strs(["silver", "kv"]).unwrap();
+        let mut n = 0u64;
+        while !*bump_stop.borrow_and_update() {
+            if let Ok(table) = cat.load_table(&ident).await {
+                let props = std::collections::HashMap::from([(
+                    "bitvelocity.test-bump".to_string(),
+                    n.to_string(),
+                )]);
+                if commits
+                    .commit_metadata(cat.as_ref(), &table, |b| b.set_properties(props))
+                    .await
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n
+    });
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let mut next_id = 500;
+    let mut deleted = Vec::new();
+    while std::time::Instant::now() < deadline {
+        random_txn(&client, &mut rng, &mut next_id, &mut deleted).await;
+    }
+    if !wait_caught_up(&client, &ingest).await {
+        panic!("the ingester stopped: {:?}", ingest.await);
+    }
+    stop_tx.send(true).unwrap();
+    let (rounds, rewritten, rebases, remapped) = maintainer.await.unwrap();
+    let bumps = bumper.await.unwrap();
+    stop_ingest.send(true).unwrap();
+    ingest.await.unwrap().expect("ingest");
+    println!(
+        "maintenance rounds {rounds}, files rewritten {rewritten}, rebases {rebases}, deletes remapped {remapped}; forced conflicts {bumps}"
+    );
+    assert!(rounds > 3 && rewritten > 0, "maintenance barely ran");
+    assert!(bumps > 50, "the conflict writer barely ran ({bumps})");
+    check_all(&client, &wh).await;
+}
+
+#[tokio::test]
+async fn automatic_maintenance_keeps_storage_bounded_under_updates() {
+    let (_pg, url) = start_pg("bounded").await;
+    let client = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    seed(&client, &mut rng, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let auto = AutoMaintenance {
+        every_commits: 4,
+        options: MaintenanceOptions {
+            min_small_files: 2,
+            expire_older_than: Duration::ZERO,
+            retain_last: 2,
+            orphan_older_than: Duration::ZERO,
+            ..Default::default()
+        },
+    };
+    let (ingest, stop) = spawn_ingest(&url, dir.path(), Some(auto));
+    let silver_kv = silver_dir(dir.path(), "kv");
+    let mut counts = Vec::new();
+    for _round in 0..12 {
+        for _ in 0..6 {
+            client
+                .batch_execute("UPDATE kv SET n = n + 1 WHERE id % 3 = 0")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(120)).await; // one commit each
+        }
+        if !wait_caught_up(&client, &ingest).await {
+            panic!("the ingester stopped: {:?}", ingest.await);
+        }
+        counts.push(count_files(&silver_kv));
+    }
+    stop.send(true).unwrap();
+    let report = ingest.await.unwrap().expect("ingest");
+    println!("files under silver/kv after each round: {counts:?}; {report:?}");
+    assert!(report.commits >= 40, "too few commits: {report:?}");
+    // 72 update transactions of 100 rows each; without maintenance every commit adds a
+    // data file, a delete file, manifests, a manifest list and a metadata file (over 300
+    // files by the end). With it the count levels off: the metadata log keeps 25 versions.
+    assert!(
+        counts.iter().all(|&c| c <= 80),
+        "storage keeps growing: {counts:?}"
+    );
+    assert!(
+        counts[11] <= counts[5] + 15,
+        "storage keeps growing: {counts:?}"
+    );
+    check_all(&client, dir.path()).await;
+}
+
+fn silver_dir(wh: &Path, table: &str) -> PathBuf {
+    wh.join("silver").join(table)
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
+}
