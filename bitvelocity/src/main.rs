@@ -70,12 +70,18 @@ enum Command {
         maintenance: MaintainOpts,
     },
     /// Run SQL with DataFusion over every table of a warehouse and print the result.
+    ///
+    /// Tables are `bronze.<t>` and `silver.<t>`; `as_of('silver.<t>', <snapshot id> | '<timestamp>')`
+    /// reads a table as it was (time travel).
     Sql {
         /// The query.
         query: String,
         /// Warehouse directory.
         #[arg(long)]
         warehouse: PathBuf,
+        /// Read every silver table at one common source position (no half transactions across tables).
+        #[arg(long)]
+        consistent: bool,
     },
     /// Measure against reference tools, side by side in one run.
     Bench {
@@ -220,9 +226,13 @@ async fn main() {
             init_tracing("warn");
             maintain(warehouse, table, maintenance.options()).await
         }
-        Command::Sql { query, warehouse } => {
+        Command::Sql {
+            query,
+            warehouse,
+            consistent,
+        } => {
             init_tracing("warn");
-            sql(&query, warehouse).await
+            sql(&query, warehouse, consistent).await
         }
         Command::Bench {
             what:
@@ -355,7 +365,7 @@ async fn maintain(
     Ok(())
 }
 
-async fn sql(query: &str, warehouse: PathBuf) -> Result<()> {
+async fn sql(query: &str, warehouse: PathBuf, consistent: bool) -> Result<()> {
     if !warehouse.join("catalog.db").exists() {
         anyhow::bail!(
             "no warehouse at {} (catalog.db missing)",
@@ -364,7 +374,13 @@ async fn sql(query: &str, warehouse: PathBuf) -> Result<()> {
     }
     let wh = catalog::Warehouse::new(&warehouse)?;
     let catalog = wh.open_catalog().await?;
-    let ctx = lakehouse::query::session(catalog).await?;
+    let ctx = if consistent {
+        let (ctx, lsn) = lakehouse::query::consistent_session(catalog).await?;
+        eprintln!("silver read at source position {}", ingestion::Lsn(lsn));
+        ctx
+    } else {
+        lakehouse::query::session(catalog).await?
+    };
     let batches = lakehouse::query::run(&ctx, query).await?;
     println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
     Ok(())

@@ -351,3 +351,135 @@ fn count_files(dir: &Path) -> usize {
     }
     n
 }
+
+#[tokio::test]
+async fn time_travel_reads_old_snapshots_by_id_and_by_timestamp() {
+    let (_pg, url) = start_pg("travel").await;
+    let client = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(3);
+    seed(&client, &mut rng, 50).await;
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    let kv = common::tables(&client, "p")
+        .await
+        .into_iter()
+        .find(|t| t.name == "kv")
+        .unwrap();
+    let then = common::pg_rows(&client, &kv).await;
+    let w = catalog::Warehouse::new(dir.path()).unwrap();
+    let cat = w.open_catalog().await.unwrap();
+    let ident = catalog::TableIdent::from_strs(["silver", "kv"]).unwrap();
+    let first = cat.load_table(&ident).await.unwrap();
+    let snap = first.metadata().current_snapshot().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    client
+        .batch_execute("UPDATE kv SET n = -1 WHERE id <= 25; DELETE FROM kv WHERE id > 40; INSERT INTO kv VALUES (1000, 0, 'new', NULL)")
+        .await
+        .unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_silver_matches(&client, dir.path(), &kv).await;
+    let by_id = common::query_rows(
+        dir.path(),
+        &kv,
+        &format!("SELECT * FROM as_of('silver.kv', {})", snap.snapshot_id()),
+    )
+    .await;
+    assert_eq!(by_id, then, "as of the snapshot id");
+    let ts = chrono::DateTime::from_timestamp_millis(snap.timestamp_ms() + 5)
+        .unwrap()
+        .to_rfc3339();
+    let by_time = common::query_rows(
+        dir.path(),
+        &kv,
+        &format!("SELECT * FROM as_of('silver.kv', '{ts}')"),
+    )
+    .await;
+    assert_eq!(by_time, then, "as of {ts}");
+    // Before the first snapshot there is nothing to read: a clear error, not an empty table.
+    let ctx = lakehouse::query::session(cat).await.unwrap();
+    let err = lakehouse::query::run(&ctx, "SELECT * FROM as_of('silver.kv', '2000-01-01')")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no snapshot at or before"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_reads_never_see_half_a_source_transaction() {
+    let (_pg, url) = start_pg("consistent").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, total int NOT NULL);
+             CREATE TABLE items (order_id int, line int, amount int NOT NULL, PRIMARY KEY (order_id, line));
+             CREATE PUBLICATION p FOR TABLE orders, items;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().to_path_buf();
+    let (ingest, stop_ingest) = spawn_ingest(&url, &wh, None);
+    // Every transaction writes an order and its lines, or moves an amount between two
+    // lines of an order while changing its total accordingly.
+    let writer_url = url.clone();
+    let writer = tokio::spawn(async move {
+        let c = connect(&writer_url).await;
+        for id in 1..=400 {
+            c.batch_execute(&format!(
+                "BEGIN; INSERT INTO items VALUES ({id}, 1, {id}), ({id}, 2, 7);
+                 INSERT INTO orders VALUES ({id}, {id} + 7); COMMIT;"
+            ))
+            .await
+            .unwrap();
+            if id % 3 == 0 {
+                c.batch_execute(&format!(
+                    "BEGIN; UPDATE items SET amount = amount + 5 WHERE order_id = {} AND line = 2;
+                     UPDATE orders SET total = total + 5 WHERE id = {}; COMMIT;",
+                    id / 3,
+                    id / 3
+                ))
+                .await
+                .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await; // spread over many commits
+        }
+    });
+    let check = "SELECT count(*) AS bad FROM silver.orders o
+                 LEFT JOIN (SELECT order_id, sum(amount) AS s, count(*) AS n FROM silver.items GROUP BY order_id) i
+                 ON i.order_id = o.id WHERE i.s IS NULL OR i.s <> o.total OR i.n <> 2";
+    let orphans = "SELECT count(*) FROM silver.items i LEFT JOIN silver.orders o ON o.id = i.order_id WHERE o.id IS NULL";
+    let w = catalog::Warehouse::new(&wh).unwrap();
+    let cat = w.open_catalog().await.unwrap();
+    let mut reads = 0;
+    let mut positions = Vec::new();
+    while !writer.is_finished() || reads < 5 {
+        if let Ok((ctx, lsn)) = lakehouse::query::consistent_session(cat.clone()).await {
+            for sql in [check, orphans] {
+                let out = lakehouse::query::run(&ctx, sql).await.unwrap();
+                let n = out[0]
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .value(0);
+                assert_eq!(n, 0, "half a transaction visible at {lsn}: {sql}");
+            }
+            positions.push(lsn);
+            reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    writer.await.unwrap();
+    assert!(wait_caught_up(&client, &ingest).await);
+    stop_ingest.send(true).unwrap();
+    ingest.await.unwrap().unwrap();
+    positions.dedup();
+    assert!(
+        positions.len() >= 3,
+        "the consistent position hardly moved: {positions:?}"
+    );
+    assert!(positions.windows(2).all(|w| w[0] <= w[1]), "{positions:?}");
+    check_all(&client, &wh).await;
+}

@@ -37,7 +37,16 @@ pub struct MedallionSink {
     /// Per table: written since the last commit, and commits since its last maintenance.
     written: Vec<bool>,
     since_maintenance: Vec<u32>,
+    /// Per table: holds a source position (copied at least once).
+    positioned: Vec<bool>,
 }
+
+/// Silver namespace property: a source position at which every silver table is complete.
+///
+/// Advanced after every silver table of a batch is committed (and only once every table
+/// has been copied), so reading each table at its newest snapshot whose source position
+/// is at or below it shows all tables at one instant of the source.
+pub const CONSISTENT_LSN_PROPERTY: &str = "bitvelocity.consistent-lsn";
 
 /// Maintenance the ingest loop runs by itself, between commits.
 #[derive(Debug, Clone)]
@@ -68,6 +77,7 @@ impl MedallionSink {
             auto: None,
             written: Vec::new(),
             since_maintenance: Vec::new(),
+            positioned: Vec::new(),
         })
     }
 
@@ -185,6 +195,7 @@ impl ChangeSink for MedallionSink {
         self.names = tables.iter().map(|t| t.table_name()).collect();
         self.written = vec![false; tables.len()];
         self.since_maintenance = vec![0; tables.len()];
+        self.positioned = vec![false; tables.len()];
         let bronze = self.bronze.prepare(tables).await?;
         let silver = self.silver.prepare(tables).await?;
         for (idx, (b, s)) in bronze.iter().zip(&silver).enumerate() {
@@ -202,6 +213,9 @@ impl ChangeSink for MedallionSink {
                 _ => {}
             }
         }
+        for (p, b) in self.positioned.iter_mut().zip(&bronze) {
+            *p = b.source_lsn.is_some();
+        }
         Ok(bronze)
     }
 
@@ -217,11 +231,28 @@ impl ChangeSink for MedallionSink {
         self.bronze.commit(lsn, mark).await?;
         crate::crash::point("medallion.between_bronze_and_silver");
         self.silver.commit(lsn, mark).await?;
+        let changed: Vec<bool> = self.written.iter_mut().map(std::mem::take).collect();
+        for (idx, p) in self.positioned.iter_mut().enumerate() {
+            *p |= changed[idx] || mark.contains(&idx);
+        }
+        if self.positioned.iter().all(|&p| p) {
+            let ns = catalog::NamespaceIdent::new(crate::silver::SILVER_NAMESPACE.to_string());
+            self.catalog
+                .update_namespace(
+                    &ns,
+                    std::collections::HashMap::from([(
+                        CONSISTENT_LSN_PROPERTY.to_string(),
+                        lsn.to_string(),
+                    )]),
+                )
+                .await
+                .map_err(LakehouseError::iceberg(&"namespace silver"))?;
+        }
         let Some(auto) = self.auto.clone() else {
             return Ok(());
         };
-        for idx in 0..self.written.len() {
-            if std::mem::take(&mut self.written[idx]) {
+        for (idx, &changed) in changed.iter().enumerate() {
+            if changed {
                 self.since_maintenance[idx] += 1;
             }
             if self.since_maintenance[idx] >= auto.every_commits.max(1) {

@@ -2,26 +2,249 @@
 
 use std::sync::Arc;
 
-use arrow::record_batch::RecordBatch;
-use catalog::{CATALOG_NAME, Catalog};
-use datafusion::execution::context::SessionContext;
-use datafusion::prelude::SessionConfig;
-use iceberg_datafusion::IcebergCatalogProvider;
+use std::collections::HashMap;
 
-use crate::Result;
+use arrow::record_batch::RecordBatch;
+use catalog::{CATALOG_NAME, Catalog, NamespaceIdent};
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+    TableFunctionImpl, TableProvider,
+};
+use datafusion::common::ScalarValue;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::Expr;
+use datafusion::prelude::SessionConfig;
+use iceberg::spec::SnapshotRef;
+use iceberg::table::Table;
+use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
+
+use crate::bronze::BRONZE_NAMESPACE;
+use crate::medallion::CONSISTENT_LSN_PROPERTY;
+use crate::silver::SILVER_NAMESPACE;
+use crate::sink::SOURCE_LSN_PROPERTY;
+use crate::{LakehouseError, Result};
 
 /// A DataFusion session that sees every table of the catalog as `<namespace>.<table>`
-/// (also `bitvelocity.<namespace>.<table>`), as of the moment it was opened.
+/// (also `bitvelocity.<namespace>.<table>`), as of the moment it was opened, plus the
+/// time-travel table function `as_of('<namespace>.<table>', <snapshot id> | '<timestamp>')`.
 pub async fn session(catalog: Arc<dyn Catalog>) -> Result<SessionContext> {
+    let (ctx, _) = open(catalog, false).await?;
+    Ok(ctx)
+}
+
+/// A session in which every `silver` table is read at one common source position (the
+/// silver namespace's [`CONSISTENT_LSN_PROPERTY`]), returned with it: a join across
+/// tables never sees part of a source transaction.
+pub async fn consistent_session(catalog: Arc<dyn Catalog>) -> Result<(SessionContext, u64)> {
+    let (ctx, lsn) = open(catalog, true).await?;
+    let lsn = lsn.ok_or_else(|| {
+        LakehouseError::Corrupt(
+            "no consistent position recorded yet: silver has not finished its first commit of every table"
+                .to_string(),
+        )
+    })?;
+    Ok((ctx, lsn))
+}
+
+async fn open(
+    catalog: Arc<dyn Catalog>,
+    consistent: bool,
+) -> Result<(SessionContext, Option<u64>)> {
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG_NAME, "bronze")
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
-    let provider = IcebergCatalogProvider::try_new(catalog)
+    let provider = IcebergCatalogProvider::try_new(catalog.clone())
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
-    ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
-    Ok(ctx)
+    let tables = load_tables(catalog.as_ref()).await?;
+    ctx.register_udtf(
+        "as_of",
+        Arc::new(AsOf {
+            tables: tables.clone(),
+        }),
+    );
+    if !consistent {
+        ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
+        return Ok((ctx, None));
+    }
+    let ns = NamespaceIdent::new(SILVER_NAMESPACE.to_string());
+    let lsn = if catalog
+        .namespace_exists(&ns)
+        .await
+        .map_err(LakehouseError::iceberg(&"namespace silver"))?
+    {
+        catalog
+            .get_namespace(&ns)
+            .await
+            .map_err(LakehouseError::iceberg(&"namespace silver"))?
+            .properties()
+            .get(CONSISTENT_LSN_PROPERTY)
+            .and_then(|v| v.parse::<u64>().ok())
+    } else {
+        None
+    };
+    let Some(lsn) = lsn else {
+        return Ok((ctx, None));
+    };
+    // Every schema as the catalog has it, except silver: each table pinned at `lsn`.
+    let pinned = MemoryCatalogProvider::new();
+    for name in provider.schema_names() {
+        if name == SILVER_NAMESPACE {
+            continue;
+        }
+        if let Some(schema) = provider.schema(&name) {
+            pinned.register_schema(&name, schema)?;
+        }
+    }
+    let silver = Arc::new(MemorySchemaProvider::new());
+    for (name, table) in tables.iter() {
+        let Some(short) = name.strip_prefix("silver.") else {
+            continue;
+        };
+        let snapshot = snapshot_at_position(table, lsn)?.ok_or_else(|| {
+            LakehouseError::Corrupt(format!(
+                "{name} has no snapshot at or before the consistent position {lsn}; retry once ingest has committed it"
+            ))
+        })?;
+        let p = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot)
+            .await
+            .map_err(LakehouseError::iceberg(name))?;
+        silver.register_table(short.to_string(), Arc::new(p))?;
+    }
+    pinned.register_schema(SILVER_NAMESPACE, silver)?;
+    ctx.register_catalog(CATALOG_NAME, Arc::new(pinned));
+    Ok((ctx, Some(lsn)))
+}
+
+/// Every bronze and silver table, loaded once, by `namespace.table`.
+async fn load_tables(catalog: &dyn Catalog) -> Result<Arc<HashMap<String, Table>>> {
+    let mut out = HashMap::new();
+    for ns in [BRONZE_NAMESPACE, SILVER_NAMESPACE] {
+        let ns = NamespaceIdent::new(ns.to_string());
+        let ns_name = ns.to_url_string();
+        if !catalog
+            .namespace_exists(&ns)
+            .await
+            .map_err(LakehouseError::iceberg(&ns_name))?
+        {
+            continue;
+        }
+        let idents = catalog
+            .list_tables(&ns)
+            .await
+            .map_err(LakehouseError::iceberg(&ns.to_url_string()))?;
+        for ident in idents {
+            let table = catalog
+                .load_table(&ident)
+                .await
+                .map_err(LakehouseError::iceberg(&ident))?;
+            out.insert(ident.to_string(), table);
+        }
+    }
+    Ok(Arc::new(out))
+}
+
+/// The snapshots of the current lineage, newest first.
+fn lineage(table: &Table) -> Vec<SnapshotRef> {
+    let meta = table.metadata();
+    let mut out = Vec::new();
+    let mut at = meta.current_snapshot().cloned();
+    while let Some(s) = at {
+        at = s
+            .parent_snapshot_id()
+            .and_then(|p| meta.snapshot_by_id(p).cloned());
+        out.push(s);
+    }
+    out
+}
+
+/// The newest snapshot of the lineage whose source position is at or below `lsn`.
+fn snapshot_at_position(table: &Table, lsn: u64) -> Result<Option<i64>> {
+    for s in lineage(table) {
+        let at = s
+            .summary()
+            .additional_properties
+            .get(SOURCE_LSN_PROPERTY)
+            .and_then(|v| v.parse::<u64>().ok());
+        if at.is_some_and(|at| at <= lsn) {
+            return Ok(Some(s.snapshot_id()));
+        }
+    }
+    Ok(None)
+}
+
+/// `as_of(table, snapshot id | timestamp)`: a table as one of its snapshots saw it.
+#[derive(Debug)]
+struct AsOf {
+    tables: Arc<HashMap<String, Table>>,
+}
+
+impl TableFunctionImpl for AsOf {
+    fn call(&self, args: &[Expr]) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        let usage = || {
+            datafusion::error::DataFusionError::Plan(
+                "as_of takes a table name and a snapshot id or a timestamp: as_of('silver.orders', 1234) or as_of('silver.orders', '2026-11-25 10:00:00')".to_string(),
+            )
+        };
+        let (Some(Expr::Literal(name, _)), Some(Expr::Literal(at, _)), 2) =
+            (args.first(), args.get(1), args.len())
+        else {
+            return Err(usage());
+        };
+        let name = match name {
+            ScalarValue::Utf8(Some(n)) | ScalarValue::Utf8View(Some(n)) => n.clone(),
+            _ => return Err(usage()),
+        };
+        let table = self.tables.get(&name).ok_or_else(|| {
+            datafusion::error::DataFusionError::Plan(format!(
+                "as_of: no table {name} (use namespace.table, e.g. silver.orders)"
+            ))
+        })?;
+        let snapshot = match at {
+            ScalarValue::Int64(Some(id)) => *id,
+            ScalarValue::Utf8(Some(ts)) | ScalarValue::Utf8View(Some(ts)) => {
+                let ms = parse_timestamp_ms(ts).ok_or_else(|| {
+                    datafusion::error::DataFusionError::Plan(format!(
+                        "as_of: cannot read {ts:?} as a timestamp (RFC 3339, or YYYY-MM-DD HH:MM:SS[.f] in UTC)"
+                    ))
+                })?;
+                lineage(table)
+                    .into_iter()
+                    .find(|s| s.timestamp_ms() <= ms)
+                    .map(|s| s.snapshot_id())
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Plan(format!(
+                            "as_of: {name} has no snapshot at or before {ts} (snapshots older than the retention period are expired)"
+                        ))
+                    })?
+            }
+            _ => return Err(usage()),
+        };
+        let provider = futures::executor::block_on(
+            IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot),
+        )
+        .map_err(|e| datafusion::error::DataFusionError::Plan(format!("as_of: {name}: {e}")))?;
+        Ok(Arc::new(provider))
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp or a UTC `YYYY-MM-DD HH:MM:SS[.f]`.
+fn parse_timestamp_ms(s: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_millis());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc().timestamp_millis());
+        }
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(s, fmt) {
+            return d
+                .and_hms_opt(0, 0, 0)
+                .map(|t| t.and_utc().timestamp_millis());
+        }
+    }
+    None
 }
 
 /// Runs one SQL statement and collects its result.

@@ -387,13 +387,16 @@ pub fn assert_no_duplicates(t: &SourceTable, changes: &[ChangeRow]) {
 /// Every row of `silver.<table>` as key → row (iceberg's reader applies the delete files);
 /// panics on a key that appears twice.
 pub async fn silver_rows(warehouse: &Path, t: &SourceTable) -> Rows {
+    let sql = format!("SELECT * FROM silver.\"{}\"", t.changelog.table_name());
+    query_rows(warehouse, t, &sql).await
+}
+
+/// The rows a query over the warehouse returns, as key → row of `t`'s columns.
+pub async fn query_rows(warehouse: &Path, t: &SourceTable, sql: &str) -> Rows {
     let wh = catalog::Warehouse::new(warehouse).unwrap();
     let cat = wh.open_catalog().await.unwrap();
     let ctx = lakehouse::query::session(cat).await.unwrap();
-    let sql = format!("SELECT * FROM silver.\"{}\"", t.changelog.table_name());
-    let batches = lakehouse::query::run(&ctx, &sql)
-        .await
-        .expect("read silver");
+    let batches = lakehouse::query::run(&ctx, sql).await.expect("query");
     let mut out = Rows::new();
     for b in &batches {
         assert_eq!(
