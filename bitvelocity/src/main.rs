@@ -1,6 +1,7 @@
 //! BitVelocity command line: wires the crates together, installs logging, handles signals.
 
 mod bench;
+mod bench_silver;
 mod demo;
 
 use std::path::PathBuf;
@@ -145,6 +146,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         freshness_secs: u64,
     },
+    /// Silver under a steady stream of updates and deletes; scans next to DuckDB on a clean copy.
+    Silver {
+        /// Rows in the table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Changes per second offered by the writer.
+        #[arg(long, default_value_t = 25_000)]
+        rate: u64,
+        /// Duration of the stream, seconds.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Rows changed per source transaction.
+        #[arg(long, default_value_t = 500)]
+        txn_changes: u64,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -249,6 +265,24 @@ async fn main() {
                 txn_rows,
                 freshness_rate: rate,
                 freshness_secs,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Silver {
+                    rows,
+                    rate,
+                    secs,
+                    txn_changes,
+                },
+        } => {
+            init_tracing("warn");
+            bench_silver::silver(bench_silver::SilverBenchConfig {
+                rows,
+                rate,
+                secs,
+                txn_changes: txn_changes.max(10),
             })
             .await
         }
