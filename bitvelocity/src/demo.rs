@@ -154,9 +154,9 @@ pub async fn run(warehouse: PathBuf, operations: u32) -> Result<()> {
     drop(client);
     drop(pg);
     println!(
-        "\n  Finished in {:.1} s. Query the tables yourself:\n    bitvelocity sql \"SELECT _op, count(*) FROM bronze.orders GROUP BY _op\" --warehouse {}",
+        "\n  Finished in {:.1} s. Query the tables yourself:\n    bitvelocity sql \"SELECT _op, count(*) FROM bronze.orders GROUP BY _op\" --warehouse {w}\n    bitvelocity sql --consistent \"SELECT o.status, count(*) FROM silver.orders o JOIN silver.order_items i ON i.order_id = o.id GROUP BY 1\" --warehouse {w}",
         started.elapsed().as_secs_f64(),
-        warehouse.display()
+        w = warehouse.display()
     );
     if !all_equal {
         bail!("bronze or silver does not match PostgreSQL");

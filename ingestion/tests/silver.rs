@@ -401,8 +401,8 @@ async fn time_travel_reads_old_snapshots_by_id_and_by_timestamp() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("no snapshot at or before"),
-        "{err}"
+        format!("{err:?}").contains("no snapshot at or before"),
+        "{err:?}"
     );
 }
 

@@ -51,8 +51,11 @@ pub enum LakehouseError {
         /// Source position of bronze.
         bronze: u64,
     },
-    /// A query failed.
-    #[error("query: {0}")]
+    /// Consistent reads were asked for before silver recorded a consistent position.
+    #[error("no consistent position recorded yet: {0}")]
+    NoConsistentPosition(String),
+    /// A query failed (the DataFusion error follows in the source chain).
+    #[error("query failed")]
     Query(#[source] Box<datafusion::error::DataFusionError>),
 }
 

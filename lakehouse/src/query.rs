@@ -38,9 +38,8 @@ pub async fn session(catalog: Arc<dyn Catalog>) -> Result<SessionContext> {
 pub async fn consistent_session(catalog: Arc<dyn Catalog>) -> Result<(SessionContext, u64)> {
     let (ctx, lsn) = open(catalog, true).await?;
     let lsn = lsn.ok_or_else(|| {
-        LakehouseError::Corrupt(
-            "no consistent position recorded yet: silver has not finished its first commit of every table"
-                .to_string(),
+        LakehouseError::NoConsistentPosition(
+            "the ingester has not yet committed every silver table at least once".to_string(),
         )
     })?;
     Ok((ctx, lsn))
@@ -103,8 +102,8 @@ async fn open(
             continue;
         };
         let snapshot = snapshot_at_position(table, lsn)?.ok_or_else(|| {
-            LakehouseError::Corrupt(format!(
-                "{name} has no snapshot at or before the consistent position {lsn}; retry once ingest has committed it"
+            LakehouseError::NoConsistentPosition(format!(
+                "{name} has no snapshot at or before position {lsn}; retry once ingest has committed it"
             ))
         })?;
         let p = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot)
