@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use catalog::{Catalog, NamespaceIdent, TableIdent};
 use iceberg::TableCreation;
 use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::{DataFileFormat, Transform, UnboundPartitionSpec};
+use iceberg::spec::{Transform, UnboundPartitionSpec};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -16,11 +16,8 @@ use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
 };
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 
 use crate::schema::COMMIT_TS_COLUMN;
 use crate::sink::{ChangeSink, SOURCE_LSN_PROPERTY, TableProgress};
@@ -131,30 +128,11 @@ impl BronzeSink {
     }
 
     fn new_writer(table: &Table) -> Result<Writer> {
-        let ident = table.identifier().clone();
-        let meta = table.metadata();
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(Default::default()))
-            .set_max_row_group_row_count(Some(128 * 1024))
-            .build();
-        let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
-        let location =
-            DefaultLocationGenerator::new(meta).map_err(LakehouseError::iceberg(&ident))?;
-        // A fresh prefix per writer: files of an attempt that crashed before its
-        // commit are never referenced and never collide with a retry's names.
-        let names = DefaultFileNameGenerator::new(
-            uuid::Uuid::now_v7().to_string(),
-            None,
-            DataFileFormat::Parquet,
-        );
-        let rolling = RollingFileWriterBuilder::new(
-            parquet,
+        Ok(FanoutWriter::new(crate::files::data_writer(
+            table,
             256 * 1024 * 1024,
-            table.file_io().clone(),
-            location,
-            names,
-        );
-        Ok(FanoutWriter::new(DataFileWriterBuilder::new(rolling)))
+            "",
+        )?))
     }
 
     async fn commit_table(&mut self, idx: usize, lsn: u64) -> Result<()> {

@@ -225,3 +225,47 @@ pub async fn read_position_deletes(file_io: &FileIO, path: &str) -> Result<Vec<(
     }
     Ok(out)
 }
+
+/// The data-file writer every lakehouse table uses: zstd Parquet, rolling at `target_bytes`.
+pub type DataWriterBuilder = iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder<
+    iceberg::writer::file_writer::ParquetWriterBuilder,
+    iceberg::writer::file_writer::location_generator::DefaultLocationGenerator,
+    iceberg::writer::file_writer::location_generator::DefaultFileNameGenerator,
+>;
+
+/// A writer builder for `table` whose files are named `<prefix>-<uuid v7>-…`: a fresh name
+/// per writer, so files of an attempt that crashed before its commit never collide with a retry.
+pub fn data_writer(
+    table: &iceberg::table::Table,
+    target_bytes: usize,
+    prefix: &str,
+) -> Result<DataWriterBuilder> {
+    use iceberg::writer::file_writer::location_generator::{
+        DefaultFileNameGenerator, DefaultLocationGenerator,
+    };
+    let meta = table.metadata();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build();
+    let parquet = iceberg::writer::file_writer::ParquetWriterBuilder::new(
+        props,
+        meta.current_schema().clone(),
+    );
+    let location =
+        DefaultLocationGenerator::new(meta).map_err(LakehouseError::iceberg(table.identifier()))?;
+    let names = DefaultFileNameGenerator::new(
+        format!("{prefix}{}", uuid::Uuid::now_v7()),
+        None,
+        iceberg::spec::DataFileFormat::Parquet,
+    );
+    Ok(DataWriterBuilder::new(
+        iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder::new(
+            parquet,
+            target_bytes,
+            table.file_io().clone(),
+            location,
+            names,
+        ),
+    ))
+}

@@ -20,17 +20,9 @@ use arrow::array::BooleanArray;
 use arrow::compute::filter_record_batch;
 use catalog::commit::{CommitPath, RowDelta};
 use catalog::{Catalog, TableIdent};
-use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, Struct};
+use iceberg::spec::{DataFile, PartitionKey, Struct};
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 
 use crate::files::{live_files, read_position_deletes, read_projected};
 use crate::sink::SOURCE_LSN_PROPERTY;
@@ -188,10 +180,11 @@ pub async fn compact(
             .clone();
         let key = (!spec.fields().is_empty())
             .then(|| PartitionKey::new(spec.as_ref().clone(), schema.clone(), partition.clone()));
-        let mut writer = data_writer(&base, opts.target_file_bytes)?
-            .build(key)
-            .await
-            .map_err(LakehouseError::iceberg(ident))?;
+        let mut writer =
+            crate::files::data_writer(&base, opts.target_file_bytes as usize, "compact-")?
+                .build(key)
+                .await
+                .map_err(LakehouseError::iceberg(ident))?;
         let first_new = new_files.len() as u32;
         let mut group_rows: u64 = 0;
         for f in files {
@@ -390,32 +383,6 @@ async fn cleanup<'a>(file_io: &iceberg::io::FileIO, files: impl Iterator<Item = 
             tracing::debug!(path = f.file_path(), error = %e, "could not remove an uncommitted file");
         }
     }
-}
-
-type CompactionWriter =
-    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
-
-fn data_writer(table: &Table, target: u64) -> Result<CompactionWriter> {
-    let meta = table.metadata();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(Default::default()))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build();
-    let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
-    let location =
-        DefaultLocationGenerator::new(meta).map_err(LakehouseError::iceberg(table.identifier()))?;
-    let names = DefaultFileNameGenerator::new(
-        format!("compact-{}", uuid::Uuid::now_v7()),
-        None,
-        DataFileFormat::Parquet,
-    );
-    Ok(DataFileWriterBuilder::new(RollingFileWriterBuilder::new(
-        parquet,
-        target as usize,
-        table.file_io().clone(),
-        location,
-        names,
-    )))
 }
 
 /// Removes snapshots older than `older_than`, keeping the newest `retain_last` of the current lineage.

@@ -18,17 +18,9 @@ use async_trait::async_trait;
 use catalog::commit::{CommitPath, RowDelta};
 use catalog::{Catalog, NamespaceIdent, TableIdent};
 use iceberg::TableCreation;
-use iceberg::spec::{DataFile, DataFileFormat, Schema, Struct};
+use iceberg::spec::{DataFile, Schema, Struct};
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 
 use crate::bronze::{KEY_COLUMNS_PROPERTY, SOURCE_TABLE_PROPERTY, read_progress};
 use crate::files::{conform, read_projected};
@@ -591,26 +583,7 @@ async fn write_data(
         return Ok(Vec::new());
     }
     let ident = table.identifier().clone();
-    let meta = table.metadata();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(Default::default()))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .build();
-    let parquet = ParquetWriterBuilder::new(props, meta.current_schema().clone());
-    let location = DefaultLocationGenerator::new(meta).map_err(LakehouseError::iceberg(&ident))?;
-    let names = DefaultFileNameGenerator::new(
-        uuid::Uuid::now_v7().to_string(),
-        None,
-        DataFileFormat::Parquet,
-    );
-    let rolling = RollingFileWriterBuilder::new(
-        parquet,
-        512 * 1024 * 1024,
-        table.file_io().clone(),
-        location,
-        names,
-    );
-    let mut writer = DataFileWriterBuilder::new(rolling)
+    let mut writer = crate::files::data_writer(table, 512 * 1024 * 1024, "")?
         .build(None)
         .await
         .map_err(LakehouseError::iceberg(&ident))?;
