@@ -40,12 +40,14 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
     drop(repl);
     let dir = tempfile::tempdir()?;
     let warehouse = dir.path().join("wh");
-    let cat = catalog::Warehouse::new(&warehouse)?.open_catalog().await?;
+    let wh = catalog::Warehouse::new(&warehouse)?;
+    let cat = wh.open_catalog().await?;
+    let commits = wh.commit_path().await?;
     // The bronze contender takes its (empty) initial copy now, so the backlog reaches it as changes.
     let mut bronze_cfg = IngestConfig::new(url.clone(), PUBLICATION);
     bronze_cfg.slot = "bench_bronze".into();
     bronze_cfg.exit_when_caught_up = true;
-    let sink = lakehouse::BronzeSink::new(cat.clone()).await?;
+    let sink = lakehouse::BronzeSink::new(cat.clone(), commits.clone()).await?;
     Ingester::new(bronze_cfg.clone(), sink)
         .run(watch::channel(false).1)
         .await?;
@@ -102,7 +104,7 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
     }
 
     // (c) the real thing: bronze Iceberg tables.
-    let sink = lakehouse::BronzeSink::new(cat.clone()).await?;
+    let sink = lakehouse::BronzeSink::new(cat.clone(), commits.clone()).await?;
     let t = Instant::now();
     let mut ing = Ingester::new(bronze_cfg.clone(), sink);
     let rc = run_with_spinner(&mut ing, "(c) ingest → bronze").await?;
@@ -151,7 +153,7 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
     );
 
     // Freshness: commit in PostgreSQL → visible in bronze, under a steady load.
-    freshness(&url, &client, bronze_cfg, cat, &cfg).await?;
+    freshness(&url, &client, bronze_cfg, cat, commits, &cfg).await?;
     drop(pg);
     Ok(())
 }
@@ -254,12 +256,13 @@ async fn freshness(
     client: &tokio_postgres::Client,
     mut cfg: IngestConfig,
     cat: Arc<dyn catalog::Catalog>,
+    commits: catalog::commit::CommitPath,
     bench: &BenchConfig,
 ) -> Result<()> {
     cfg.exit_when_caught_up = false;
     cfg.batch_interval = Duration::from_millis(100);
     cfg.record_freshness = true;
-    let sink = lakehouse::BronzeSink::new(cat).await?;
+    let sink = lakehouse::BronzeSink::new(cat, commits).await?;
     let mut ing = Ingester::new(cfg, sink);
     let metrics = ing.metrics();
     let (stop, stop_rx) = watch::channel(false);

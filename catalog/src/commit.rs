@@ -13,7 +13,8 @@ use std::str::FromStr;
 
 use iceberg::spec::{
     DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestListWriter,
-    ManifestWriterBuilder, Operation, Snapshot, Summary, TableMetadata, TableMetadataBuilder,
+    ManifestWriterBuilder, Operation, Schema, Snapshot, Summary, TableMetadata,
+    TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation};
@@ -35,6 +36,11 @@ pub struct RowDelta {
     pub remove_all: bool,
     /// Extra snapshot-summary properties (the source position, say).
     pub properties: HashMap<String, String>,
+    /// A new current schema, committed atomically with the files (schema evolution): the
+    /// table's schema then never runs ahead of, nor behind, the source position it records.
+    pub schema: Option<Schema>,
+    /// Table properties to set in the same commit (the source column ids that go with `schema`).
+    pub table_properties: HashMap<String, String>,
 }
 
 impl RowDelta {
@@ -99,9 +105,21 @@ impl CommitPath {
                 format!("{name}: row delta takes data files and position-delete files only"),
             ))));
         }
-        let meta = table.metadata();
         let file_io = table.file_io();
         let current = table.metadata_location_result().map_err(err)?.to_string();
+        // Stage the schema and property changes first, so the snapshot and its manifests
+        // are written against the schema they commit with.
+        let mut staged = table.metadata().clone().into_builder(Some(current.clone()));
+        if let Some(schema) = delta.schema.clone() {
+            staged = staged.add_current_schema(schema).map_err(err)?;
+        }
+        if !delta.table_properties.is_empty() {
+            staged = staged
+                .set_properties(delta.table_properties.clone())
+                .map_err(err)?;
+        }
+        let staged = staged.build().map_err(err)?.metadata;
+        let meta = &staged;
         let snapshot_id = loop {
             let id = (uuid::Uuid::now_v7().as_u128() as i64 & i64::MAX).max(1);
             if meta.snapshot_by_id(id).is_none() {
@@ -228,9 +246,9 @@ impl CommitPath {
             })
             .with_schema_id(meta.current_schema_id())
             .build();
-        let new_meta = meta
+        let new_meta = staged
             .clone()
-            .into_builder(Some(current.clone()))
+            .into_builder(None)
             .set_branch_snapshot(snapshot, "main")
             .map_err(err)?
             .build()

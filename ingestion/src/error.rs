@@ -74,9 +74,9 @@ pub enum IngestError {
         /// Where the server will start.
         server: Lsn,
     },
-    /// A source table's columns changed while capturing.
+    /// A source table's columns changed in a way the lakehouse cannot follow.
     #[error(
-        "schema of {table} changed: {change}; this table's ingest stops (schema evolution is not supported yet)"
+        "incompatible schema change of {table}: {change}; this table's ingest stops (other tables go on); resync it by dropping its bronze and silver tables and restarting"
     )]
     SchemaChanged {
         /// The source table.

@@ -132,6 +132,8 @@ pub struct IngestMetrics {
     pub last_commit_ts: AtomicU64,
     /// Source commit → lakehouse commit, µs, per transaction (only with `record_freshness`).
     freshness: std::sync::Mutex<Vec<u64>>,
+    /// Tables whose capture stopped, with the reason.
+    stopped: std::sync::Mutex<Vec<(String, String)>>,
     phase: std::sync::atomic::AtomicU8,
 }
 
@@ -144,6 +146,11 @@ impl IngestMetrics {
     /// Records the phase the run entered.
     pub fn set_phase(&self, phase: IngestPhase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// Tables whose capture stopped (an incompatible schema change), with the reason.
+    pub fn stopped_tables(&self) -> Vec<(String, String)> {
+        self.stopped.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// The freshness samples recorded so far (µs).
@@ -169,6 +176,8 @@ pub struct IngestReport {
     pub commits: u64,
     /// Position confirmed to PostgreSQL at exit.
     pub confirmed: Lsn,
+    /// Tables whose capture stopped (an incompatible schema change), with the reason.
+    pub stopped: Vec<(String, String)>,
 }
 
 /// Change capture from one PostgreSQL publication into one sink.
@@ -183,7 +192,14 @@ struct TableState {
     buf: ChangeBuffer,
     /// Changes from transactions committed before this position are already in the table.
     needed_from: Lsn,
-    relation_checked: bool,
+    /// The newest Relation message, not yet reconciled with the table: applied before the
+    /// next change that is not skipped (changes of skipped transactions use older layouts).
+    relation: Option<Relation>,
+    /// The buffer's layout matches the lakehouse table (a Relation was reconciled, or the
+    /// table was copied): changes may be buffered.
+    synced: bool,
+    /// The capture of this table stopped, and why; it stays at `needed_from`.
+    stopped: Option<String>,
 }
 
 struct Txn {
@@ -246,14 +262,24 @@ impl<S: ChangeSink> Ingester<S> {
         self.ensure_slot(&client, &mut repl, &progress).await?;
 
         let mut states = Vec::with_capacity(tables.len());
-        for (t, p) in tables.into_iter().zip(&progress) {
-            let arrow = t.changelog.arrow_schema()?;
+        for (i, (t, p)) in tables.into_iter().zip(&progress).enumerate() {
+            // A table to copy takes the source's layout now. One with a position keeps its
+            // stored layout until the stream's first Relation message says what the source
+            // looked like at that position.
+            let copy = p.source_lsn.is_none();
+            let arrow = if copy {
+                self.sink.evolve(i, &t.changelog).await?
+            } else {
+                t.changelog.arrow_schema()?
+            };
             let buf = ChangeBuffer::new(&t, arrow);
             states.push(TableState {
                 source: t,
                 buf,
                 needed_from: Lsn(p.source_lsn.unwrap_or(0)),
-                relation_checked: false,
+                relation: None,
+                synced: copy,
+                stopped: None,
             });
         }
         let missing: Vec<usize> = progress
@@ -271,8 +297,6 @@ impl<S: ChangeSink> Ingester<S> {
                 states[i].needed_from = point;
             }
         }
-        drop(client);
-
         let start = states
             .iter()
             .map(|s| s.needed_from)
@@ -285,9 +309,10 @@ impl<S: ChangeSink> Ingester<S> {
         crash::point("stream.after_start");
         self.metrics.set_phase(IngestPhase::Streaming);
         let mut report = self
-            .stream(stream, &mut states, target, &mut shutdown)
+            .stream(stream, &client, &mut states, target, &mut shutdown)
             .await?;
         report.tables = states.len();
+        report.stopped = self.metrics.stopped_tables();
         report.snapshot_rows = self.metrics.snapshot_rows.load(Ordering::Relaxed);
         Ok(report)
     }
@@ -393,6 +418,7 @@ impl<S: ChangeSink> Ingester<S> {
     async fn stream(
         &mut self,
         mut stream: ReplicationStream,
+        client: &tokio_postgres::Client,
         states: &mut [TableState],
         target: Lsn,
         shutdown: &mut watch::Receiver<bool>,
@@ -442,10 +468,12 @@ impl<S: ChangeSink> Ingester<S> {
                 pending_end = None;
                 confirmed = confirmed.max(end);
                 crash::point("stream.before_status");
-                stream.send_status(confirmed, confirmed, false).await?;
+                stream
+                    .send_status(acked(confirmed, states), acked(confirmed, states), false)
+                    .await?;
                 self.metrics
                     .confirmed_lsn
-                    .store(confirmed.0, Ordering::Relaxed);
+                    .store(acked(confirmed, states).0, Ordering::Relaxed);
                 last_status = Instant::now();
                 crash::point("stream.after_status");
             }
@@ -454,18 +482,22 @@ impl<S: ChangeSink> Ingester<S> {
                 && (stopping
                     || (self.cfg.exit_when_caught_up && confirmed.max(server_end) >= target))
             {
-                stream.send_status(confirmed, confirmed, false).await?;
+                stream
+                    .send_status(acked(confirmed, states), acked(confirmed, states), false)
+                    .await?;
                 self.metrics
                     .confirmed_lsn
-                    .store(confirmed.0, Ordering::Relaxed);
-                report.confirmed = confirmed;
+                    .store(acked(confirmed, states).0, Ordering::Relaxed);
+                report.confirmed = acked(confirmed, states);
                 report.changes = self.metrics.changes.load(Ordering::Relaxed);
                 report.skipped = self.metrics.skipped.load(Ordering::Relaxed);
                 report.transactions = self.metrics.transactions.load(Ordering::Relaxed);
                 return Ok(report);
             }
             if last_status.elapsed() >= Duration::from_secs(5) {
-                stream.send_status(confirmed, confirmed, false).await?;
+                stream
+                    .send_status(acked(confirmed, states), acked(confirmed, states), false)
+                    .await?;
                 last_status = Instant::now();
             }
 
@@ -488,10 +520,12 @@ impl<S: ChangeSink> Ingester<S> {
                         confirmed = confirmed.max(wal_end);
                     }
                     if reply || idle {
-                        stream.send_status(confirmed, confirmed, false).await?;
+                        stream
+                            .send_status(acked(confirmed, states), acked(confirmed, states), false)
+                            .await?;
                         self.metrics
                             .confirmed_lsn
-                            .store(confirmed.0, Ordering::Relaxed);
+                            .store(acked(confirmed, states).0, Ordering::Relaxed);
                         last_status = Instant::now();
                     }
                     crash::point("stream.keepalive");
@@ -534,8 +568,7 @@ impl<S: ChangeSink> Ingester<S> {
                         }
                         Message::Relation(rel) => {
                             if let Some(&i) = by_oid.get(&rel.oid) {
-                                check_relation(&states[i].source, &rel)?;
-                                states[i].relation_checked = true;
+                                states[i].relation = Some(rel);
                             } else {
                                 return Err(IngestError::Protocol(format!(
                                     "table {}.{} joined the publication after the start; restart the ingester to copy it",
@@ -546,29 +579,35 @@ impl<S: ChangeSink> Ingester<S> {
                         Message::Type { .. } | Message::Origin | Message::LogicalMessage => {}
                         Message::Insert { rel, new } => {
                             let t = in_txn(&mut txn)?;
-                            pending_rows +=
-                                self.apply(states, &by_oid, t, rel, Change::Insert(&new))?;
+                            pending_rows += self
+                                .apply(client, states, &by_oid, t, rel, Change::Insert(&new))
+                                .await?;
                         }
                         Message::Update { rel, old, new } => {
                             let t = in_txn(&mut txn)?;
-                            pending_rows += self.apply(
-                                states,
-                                &by_oid,
-                                t,
-                                rel,
-                                Change::Update(old.as_ref(), &new),
-                            )?;
+                            pending_rows += self
+                                .apply(
+                                    client,
+                                    states,
+                                    &by_oid,
+                                    t,
+                                    rel,
+                                    Change::Update(old.as_ref(), &new),
+                                )
+                                .await?;
                         }
                         Message::Delete { rel, old } => {
                             let t = in_txn(&mut txn)?;
-                            pending_rows +=
-                                self.apply(states, &by_oid, t, rel, Change::Delete(&old))?;
+                            pending_rows += self
+                                .apply(client, states, &by_oid, t, rel, Change::Delete(&old))
+                                .await?;
                         }
                         Message::Truncate { rels } => {
                             let t = in_txn(&mut txn)?;
                             for rel in rels {
-                                pending_rows +=
-                                    self.apply(states, &by_oid, t, rel, Change::Truncate)?;
+                                pending_rows += self
+                                    .apply(client, states, &by_oid, t, rel, Change::Truncate)
+                                    .await?;
                             }
                         }
                     }
@@ -578,8 +617,9 @@ impl<S: ChangeSink> Ingester<S> {
     }
 
     /// Appends one decoded change to its table's buffer; returns rows added.
-    fn apply(
+    async fn apply(
         &mut self,
+        client: &tokio_postgres::Client,
         states: &mut [TableState],
         by_oid: &HashMap<u32, usize>,
         t: &mut Txn,
@@ -593,6 +633,21 @@ impl<S: ChangeSink> Ingester<S> {
         if t.final_lsn < st.needed_from {
             self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(0);
+        }
+        if st.stopped.is_some() {
+            return Ok(0);
+        }
+        if let Some(relation) = st.relation.take() {
+            self.reconcile(client, st, i, &relation).await?;
+            if st.stopped.is_some() {
+                return Ok(0);
+            }
+        }
+        if !st.synced {
+            return Err(IngestError::Protocol(format!(
+                "change for {} before its Relation message",
+                st.source.qualified()
+            )));
         }
         let mut meta = ChangeMeta {
             lsn: t.final_lsn.0 as i64,
@@ -636,6 +691,60 @@ impl<S: ChangeSink> Ingester<S> {
         Ok(added)
     }
 
+    /// Moves table `i` to the layout a Relation message announced: the rows buffered so far
+    /// go to the sink in the old layout, the sink evolves the table (committed with its
+    /// next commit), later rows use the new layout. A change the lakehouse cannot follow
+    /// stops this table only.
+    async fn reconcile(
+        &mut self,
+        client: &tokio_postgres::Client,
+        st: &mut TableState,
+        i: usize,
+        relation: &Relation,
+    ) -> Result<()> {
+        let next = match st.source.describe(client, relation).await {
+            Ok(next) => next,
+            Err(e @ IngestError::SchemaChanged { .. }) => return self.stop_table(st, i, e).await,
+            Err(e) => return Err(e),
+        };
+        if !st.buf.is_empty() {
+            self.sink.write(i, st.buf.finish()?).await?;
+        }
+        match self.sink.evolve(i, &next.changelog).await {
+            Ok(arrow) => {
+                st.buf = ChangeBuffer::new(&next, arrow);
+                st.source = next;
+                st.synced = true;
+                Ok(())
+            }
+            Err(lakehouse::LakehouseError::IncompatibleSchema { change, .. }) => {
+                let e = IngestError::SchemaChanged {
+                    table: st.source.qualified(),
+                    change,
+                };
+                self.stop_table(st, i, e).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops capturing table `i`: what it buffered since its last commit is dropped, it
+    /// stays at its position (which caps what is confirmed to PostgreSQL, so no change it
+    /// still needs is released), and every other table goes on.
+    async fn stop_table(&mut self, st: &mut TableState, i: usize, why: IngestError) -> Result<()> {
+        let reason = why.to_string();
+        tracing::error!(table = %st.source.qualified(), at = %st.needed_from, error = %reason, "table capture stopped");
+        if !st.buf.is_empty() {
+            drop(st.buf.finish()?);
+        }
+        self.sink.stop(i).await?;
+        if let Ok(mut s) = self.metrics.stopped.lock() {
+            s.push((st.source.qualified(), reason.clone()));
+        }
+        st.stopped = Some(reason);
+        Ok(())
+    }
+
     async fn commit_batch(&mut self, states: &mut [TableState], end: Lsn) -> Result<()> {
         for (i, st) in states.iter_mut().enumerate() {
             if !st.buf.is_empty() {
@@ -645,7 +754,7 @@ impl<S: ChangeSink> Ingester<S> {
         crash::point("stream.before_sink_commit");
         self.sink.commit(end.0, &[]).await?;
         crash::point("stream.after_sink_commit");
-        for st in states.iter_mut() {
+        for st in states.iter_mut().filter(|s| s.stopped.is_none()) {
             st.needed_from = st.needed_from.max(end);
         }
         self.metrics.commits.fetch_add(1, Ordering::Relaxed);
@@ -675,40 +784,14 @@ fn key_changed(table: &SourceTable, old: &[Cell<'_>], new: &[Cell<'_>]) -> bool 
     })
 }
 
-/// Fails if a Relation message no longer matches the columns captured at start.
-fn check_relation(table: &SourceTable, rel: &Relation) -> Result<()> {
-    let have: Vec<(&str, u32)> = table
-        .columns
+/// The position to confirm to PostgreSQL: `confirmed`, held back to the position of any
+/// table whose capture stopped, so the server keeps every change that table still needs.
+fn acked(confirmed: Lsn, states: &[TableState]) -> Lsn {
+    states
         .iter()
-        .map(|c| (c.name.as_str(), c.type_oid))
-        .collect();
-    let got: Vec<(&str, u32)> = rel
-        .columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.type_oid))
-        .collect();
-    if have == got {
-        return Ok(());
-    }
-    let added: Vec<&str> = got
-        .iter()
-        .filter(|g| !have.iter().any(|h| h.0 == g.0))
-        .map(|g| g.0)
-        .collect();
-    let dropped: Vec<&str> = have
-        .iter()
-        .filter(|h| !got.iter().any(|g| g.0 == h.0))
-        .map(|h| h.0)
-        .collect();
-    let retyped: Vec<&str> = got
-        .iter()
-        .filter(|g| have.iter().any(|h| h.0 == g.0 && h.1 != g.1))
-        .map(|g| g.0)
-        .collect();
-    Err(IngestError::SchemaChanged {
-        table: table.qualified(),
-        change: format!("added {added:?}, dropped {dropped:?}, retyped {retyped:?}"),
-    })
+        .filter(|s| s.stopped.is_some())
+        .map(|s| s.needed_from)
+        .fold(confirmed, Lsn::min)
 }
 
 async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Client> {

@@ -1,7 +1,11 @@
 //! The source side: which tables a publication holds and how their types map.
 
+use std::collections::HashMap;
+
 use lakehouse::{ChangeLogSchema, ColumnType, SourceColumn};
 use tokio_postgres::Client;
+
+use crate::pgoutput::Relation;
 
 use crate::{IngestError, Result};
 
@@ -85,6 +89,11 @@ pub struct PgColumn {
     pub type_name: String,
     /// How its values are read.
     pub kind: PgKind,
+    /// Its attnum, which stays with the column through renames (unknown when the catalog
+    /// no longer has a column the change stream still names).
+    pub attnum: Option<i32>,
+    /// Added with a default PostgreSQL gives existing rows without logging a change.
+    pub backfilled: bool,
 }
 
 /// A table of the publication, as we capture it.
@@ -100,6 +109,8 @@ pub struct SourceTable {
     pub columns: Vec<PgColumn>,
     /// Row identity used to replay the log (primary key, else all columns).
     pub key: Vec<String>,
+    /// Whether `key` is a primary key (else it is every column).
+    pub has_pk: bool,
     /// The change-log layout in the lakehouse.
     pub changelog: ChangeLogSchema,
 }
@@ -123,7 +134,7 @@ impl SourceTable {
 const COLUMNS_SQL: &str = "
 SELECT a.attname::text, a.atttypid::oid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod),
        t.typtype::text, t.typcategory::text, t.typelem::oid::int8,
-       et.typtype::text, et.oid::int8
+       et.typtype::text, et.oid::int8, a.attnum::int4
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
@@ -188,24 +199,46 @@ pub async fn discover(client: &Client, publication: &str) -> Result<Vec<SourceTa
                 type_modifier,
                 type_name,
                 kind,
+                attnum: Some(c.get(9)),
+                backfilled: false,
             });
         }
-        let key: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_index i
-                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-                 WHERE i.indrelid = $1::int8::oid AND i.indisprimary
-                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
-                &[&oid],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let key = if key.is_empty() {
-            columns.iter().map(|c| c.name.clone()).collect()
+        let pk = primary_key(client, oid as u32).await?;
+        out.push(SourceTable::new(oid as u32, schema, name, columns, pk));
+    }
+    Ok(out)
+}
+
+/// The primary-key columns of table `oid` as (attnum, name), in key order.
+async fn primary_key(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
+    Ok(client
+        .query(
+            "SELECT a.attnum::int4, a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
+             WHERE i.indrelid = $1::int8::oid AND i.indisprimary
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&(oid as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+impl SourceTable {
+    /// A table with `columns` and primary key `pk` (attnum, name); no key means every column.
+    fn new(
+        oid: u32,
+        schema: String,
+        name: String,
+        columns: Vec<PgColumn>,
+        pk: Vec<(i32, String)>,
+    ) -> Self {
+        let has_pk = !pk.is_empty();
+        let key: Vec<String> = if has_pk {
+            pk.into_iter().map(|(_, n)| n).collect()
         } else {
-            key
+            columns.iter().map(|c| c.name.clone()).collect()
         };
         let changelog = ChangeLogSchema {
             source_schema: schema.clone(),
@@ -215,20 +248,149 @@ pub async fn discover(client: &Client, publication: &str) -> Result<Vec<SourceTa
                 .map(|c| SourceColumn {
                     name: c.name.clone(),
                     ty: c.kind.column_type(),
+                    source_id: c.attnum,
+                    backfilled: c.backfilled,
                 })
                 .collect(),
             key: key.clone(),
         };
-        out.push(SourceTable {
-            oid: oid as u32,
+        Self {
+            oid,
             schema,
             name,
             columns,
             key,
+            has_pk,
             changelog,
-        });
+        }
     }
-    Ok(out)
+
+    /// The table as a Relation message from the change stream describes it. Column
+    /// identities (attnums, to tell a rename from a drop and an add), whether a new column
+    /// was filled by a default, and the key come from the catalog; the lakehouse decides
+    /// against what it stores whether it can follow. Fails with
+    /// [`IngestError::SchemaChanged`] when a type cannot be stored or the primary key changed.
+    pub async fn describe(&self, client: &Client, rel: &Relation) -> Result<SourceTable> {
+        let qualified = self.qualified();
+        let changed = |change: String| IngestError::SchemaChanged {
+            table: qualified.clone(),
+            change,
+        };
+        let catalog: HashMap<String, (i32, bool)> = client
+            .query(
+                "SELECT attname::text, attnum::int4, atthasmissing FROM pg_attribute
+                 WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
+                &[&(self.oid as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for rc in &rel.columns {
+            // The stream is older than the catalog when the table changed again since; a name
+            // the catalog no longer has keeps no attnum, and is matched by name.
+            let (attnum, backfilled) = match catalog.get(&rc.name) {
+                Some(&(a, missing)) => (Some(a), missing),
+                None => (None, false),
+            };
+            let same = self.columns.iter().find(|c| {
+                c.name == rc.name
+                    && c.type_oid == rc.type_oid
+                    && c.type_modifier == rc.type_modifier
+            });
+            let (type_name, kind) = match same {
+                Some(c) => (c.type_name.clone(), Some(c.kind.clone())),
+                None => type_kind(client, rc.type_oid, rc.type_modifier).await?,
+            };
+            let kind = kind.ok_or_else(|| {
+                changed(format!(
+                    "column {} has type {type_name}, which cannot be stored",
+                    rc.name
+                ))
+            })?;
+            columns.push(PgColumn {
+                name: rc.name.clone(),
+                type_oid: rc.type_oid,
+                type_modifier: rc.type_modifier,
+                type_name,
+                kind,
+                attnum,
+                backfilled,
+            });
+        }
+        let pk: Vec<(i32, String)> = primary_key(client, self.oid).await?;
+        let pk: Vec<(i32, String)> = if pk
+            .iter()
+            .all(|(a, _)| columns.iter().any(|c| c.attnum == Some(*a)))
+        {
+            pk
+        } else {
+            // The key names a column the stream does not have yet (the catalog moved on).
+            return Err(changed(
+                "primary key names a column the change stream does not have".into(),
+            ));
+        };
+        let key_ids = |t: &SourceTable| -> Vec<Option<i32>> {
+            t.key
+                .iter()
+                .map(|k| {
+                    t.columns
+                        .iter()
+                        .find(|c| &c.name == k)
+                        .and_then(|c| c.attnum)
+                })
+                .collect()
+        };
+        let next = SourceTable::new(
+            self.oid,
+            self.schema.clone(),
+            self.name.clone(),
+            columns,
+            pk,
+        );
+        if next.has_pk != self.has_pk || (self.has_pk && key_ids(&next) != key_ids(self)) {
+            return Err(changed(format!(
+                "primary key changed from ({}) to ({})",
+                if self.has_pk {
+                    self.key.join(", ")
+                } else {
+                    "none".into()
+                },
+                if next.has_pk {
+                    next.key.join(", ")
+                } else {
+                    "none".into()
+                },
+            )));
+        }
+        Ok(next)
+    }
+}
+
+/// How a column of type `oid` with modifier `typmod` is read, with the type's printed name.
+async fn type_kind(client: &Client, oid: u32, typmod: i32) -> Result<(String, Option<PgKind>)> {
+    let row = client
+        .query_opt(
+            "SELECT format_type(t.oid, $2), t.typtype::text, et.typtype::text, et.oid::int8
+             FROM pg_type t LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+             WHERE t.oid = $1::int8::oid",
+            &[&(oid as i64), &typmod],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok((format!("type oid {oid}"), None));
+    };
+    let type_name: String = row.get(0);
+    let typtype: String = row.get(1);
+    let elem: (Option<String>, Option<i64>) = (row.get(2), row.get(3));
+    let kind = match elem {
+        (Some(et), Some(eo)) => {
+            scalar_kind(eo as u32, &et, typmod).map(|k| PgKind::Array(Box::new(k)))
+        }
+        _ => scalar_kind(oid, &typtype, typmod),
+    };
+    Ok((type_name, kind))
 }
 
 /// Maps a non-array type; `None` means unsupported.

@@ -30,6 +30,17 @@ fn doc(rng: &mut StdRng) -> String {
 
 /// One random source transaction over `kv` and `pair`.
 async fn random_txn(c: &Client, rng: &mut StdRng, next_id: &mut i32, deleted: &mut Vec<i32>) {
+    random_txn_on(c, rng, next_id, deleted, "tag").await
+}
+
+/// [`random_txn`] with `kv`'s last column named `tag` (it is renamed by the schema test).
+async fn random_txn_on(
+    c: &Client,
+    rng: &mut StdRng,
+    next_id: &mut i32,
+    deleted: &mut Vec<i32>,
+    tag: &str,
+) {
     let mut sql = String::from("BEGIN;");
     for _ in 0..rng.random_range(1..6) {
         let id = rng.random_range(1..=*next_id);
@@ -57,7 +68,7 @@ async fn random_txn(c: &Client, rng: &mut StdRng, next_id: &mut i32, deleted: &m
             80..=86 => {
                 if let Some(id) = deleted.pop() {
                     sql += &format!(
-                        "INSERT INTO kv VALUES ({id}, 0, 'back', NULL) ON CONFLICT (id) DO UPDATE SET tag = 'again';"
+                        "INSERT INTO kv VALUES ({id}, 0, 'back', NULL) ON CONFLICT (id) DO UPDATE SET {tag} = 'again';"
                     );
                 }
             }
@@ -98,6 +109,109 @@ async fn check_all(client: &Client, wh: &Path) {
     for t in common::tables(client, "p").await {
         assert_silver_matches(client, wh, &t).await;
         assert_bronze_matches(client, wh, &t).await;
+    }
+}
+
+/// Schema changes between and inside batches, each checked against PostgreSQL by the next
+/// batch's checks: (batch, DDL) with `kv`'s tag column name after it.
+const SCHEMA_STEPS: &[(usize, &str, &str)] = &[
+    (
+        1,
+        "ALTER TABLE kv ADD COLUMN score bigint; UPDATE kv SET score = id * 10 WHERE id % 3 = 0;",
+        "tag",
+    ),
+    (2, "ALTER TABLE kv ALTER COLUMN n TYPE bigint;", "tag"),
+    (3, "ALTER TABLE kv RENAME COLUMN tag TO label;", "label"),
+    (
+        4,
+        "ALTER TABLE pair ADD COLUMN note varchar(10), ADD COLUMN w real; UPDATE pair SET note = 'n' || a, w = a / 4.0;",
+        "label",
+    ),
+    (
+        5,
+        "ALTER TABLE pair ALTER COLUMN note TYPE varchar(40), ALTER COLUMN w TYPE double precision; UPDATE pair SET note = note || '-longer-than-ten' WHERE a % 2 = 0;",
+        "label",
+    ),
+    (6, "ALTER TABLE kv DROP COLUMN score;", "label"),
+    (
+        7,
+        "ALTER TABLE kv ADD COLUMN score int; UPDATE kv SET score = 1 WHERE id % 5 = 0;",
+        "label",
+    ),
+    (
+        8,
+        "ALTER TABLE pair ALTER COLUMN v TYPE bigint; ALTER TABLE kv RENAME COLUMN label TO tag;",
+        "tag",
+    ),
+];
+
+#[tokio::test]
+async fn schema_changes_evolve_bronze_and_silver_without_a_restart() {
+    let (_pg, url) = start_pg("evolve").await;
+    let client = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(0xdd1);
+    seed(&client, &mut rng, 150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, stop_ingest) = spawn_ingest(&url, dir.path(), None);
+    let mut next_id = 150;
+    let mut deleted = Vec::new();
+    let mut tag = "tag";
+    for batch in 0..10 {
+        // Changes before and after each DDL land in the same ingest batch.
+        for _ in 0..rng.random_range(10..30) {
+            random_txn_on(&client, &mut rng, &mut next_id, &mut deleted, tag).await;
+        }
+        if let Some((_, ddl, after)) = SCHEMA_STEPS.iter().find(|(b, _, _)| *b == batch) {
+            client.batch_execute(ddl).await.unwrap();
+            tag = after;
+        }
+        for _ in 0..rng.random_range(10..30) {
+            random_txn_on(&client, &mut rng, &mut next_id, &mut deleted, tag).await;
+        }
+        if !wait_caught_up(&client, &ingest).await {
+            panic!("ingest stopped: {:?}", ingest.await);
+        }
+        check_all(&client, dir.path()).await;
+    }
+    stop_ingest.send(true).unwrap();
+    let report = ingest.await.unwrap().unwrap();
+    assert!(report.stopped.is_empty(), "{report:?}");
+    // Field ids survive: the renamed column keeps its id, a re-added name gets a new one.
+    let wh = catalog::Warehouse::new(dir.path()).unwrap();
+    let cat = wh.open_catalog().await.unwrap();
+    for ns in ["bronze", "silver"] {
+        let t = cat
+            .load_table(&catalog::TableIdent::from_strs([ns, "kv"]).unwrap())
+            .await
+            .unwrap();
+        let meta = t.metadata();
+        let first = meta.schema_by_id(0).unwrap();
+        let now = meta.current_schema();
+        assert_eq!(
+            first.field_by_name("tag").unwrap().id,
+            now.field_by_name("tag").unwrap().id,
+            "{ns}: renamed twice, still the same column"
+        );
+        assert_eq!(
+            *now.field_by_name("n").unwrap().field_type,
+            iceberg::spec::Type::Primitive(iceberg::spec::PrimitiveType::Long),
+            "{ns}: n widened"
+        );
+        assert!(
+            meta.schemas_iter().count() >= 6,
+            "{ns}: one schema per change"
+        );
+        let score_ids: Vec<i32> = meta
+            .schemas_iter()
+            .filter_map(|s| s.field_by_name("score").map(|f| f.id))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            score_ids.len(),
+            2,
+            "{ns}: dropped and re-added score is a new column"
+        );
     }
 }
 
@@ -169,14 +283,15 @@ async fn wait_caught_up(client: &Client, ingest: &tokio::task::JoinHandle<impl S
             return false;
         }
         assert!(std::time::Instant::now() < deadline, "no catch-up in 120 s");
+        // No row until the ingester has created its slot.
         let s: Option<String> = client
-            .query_one(
+            .query_opt(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
                 &[],
             )
             .await
             .unwrap()
-            .get(0);
+            .and_then(|r| r.get(0));
         if s.is_some_and(|s| s.parse::<ingestion::Lsn>().unwrap() >= target) {
             return true;
         }

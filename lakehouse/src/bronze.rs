@@ -3,23 +3,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use catalog::commit::{CommitPath, RowDelta};
 use catalog::{Catalog, NamespaceIdent, TableIdent};
 use iceberg::TableCreation;
 use iceberg::arrow::RecordBatchPartitionSplitter;
-use iceberg::spec::{Transform, UnboundPartitionSpec};
+use iceberg::spec::{DataFile, Transform, UnboundPartitionSpec};
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
-use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 
-use crate::schema::COMMIT_TS_COLUMN;
+use crate::files::DataWriterBuilder;
+use crate::schema::{
+    COMMIT_TS_COLUMN, Evolution, SOURCE_IDS_PROPERTY, evolve_schema, parse_source_ids,
+    source_ids_of,
+};
 use crate::sink::{ChangeSink, SOURCE_LSN_PROPERTY, TableProgress};
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
@@ -30,21 +30,50 @@ pub const SOURCE_TABLE_PROPERTY: &str = "bitvelocity.source-table";
 /// Table property listing the key columns (comma separated) used to replay the log.
 pub const KEY_COLUMNS_PROPERTY: &str = "bitvelocity.key-columns";
 
-type Writer = FanoutWriter<
-    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
->;
+type Writer = FanoutWriter<DataWriterBuilder>;
+
+/// How many times a commit that lost a race (to maintenance) is retried on the new table state.
+const MAX_COMMIT_ATTEMPTS: usize = 100;
 
 struct BronzeTable {
     ident: TableIdent,
     table: Table,
     splitter: RecordBatchPartitionSplitter,
     writer: Option<Writer>,
+    /// Files written under an older schema of this batch (before a schema change).
+    closed: Vec<DataFile>,
+    /// A schema change the next commit installs, with the key it implies.
+    evolution: Option<(Evolution, Vec<String>)>,
+    /// Highest field id ever assigned, counting uncommitted evolutions.
+    last_column_id: i32,
     rows: u64,
+}
+
+impl BronzeTable {
+    /// The schema rows are written with now: the pending evolution's, else the table's.
+    fn schema(&self) -> iceberg::spec::SchemaRef {
+        match &self.evolution {
+            Some((e, _)) => Arc::new(e.schema.clone()),
+            None => self.table.metadata().current_schema().clone(),
+        }
+    }
+
+    fn splitter_for(
+        &self,
+        schema: iceberg::spec::SchemaRef,
+    ) -> Result<RecordBatchPartitionSplitter> {
+        RecordBatchPartitionSplitter::try_new_with_computed_values(
+            schema,
+            self.table.metadata().default_partition_spec().clone(),
+        )
+        .map_err(LakehouseError::iceberg(&self.ident))
+    }
 }
 
 /// The Iceberg change-log sink: one `bronze.<table>` per source table, partitioned by day of `_commit_ts`.
 pub struct BronzeSink {
     catalog: Arc<dyn Catalog>,
+    commits: CommitPath,
     namespace: NamespaceIdent,
     tables: Vec<BronzeTable>,
 }
@@ -58,18 +87,21 @@ impl std::fmt::Debug for BronzeSink {
 }
 
 impl BronzeSink {
-    /// A sink writing into `catalog` (namespace `bronze`, created if missing).
-    pub async fn new(catalog: Arc<dyn Catalog>) -> Result<Self> {
+    /// A sink writing into `catalog` (namespace `bronze`, created if missing), committing through `commits`.
+    pub async fn new(catalog: Arc<dyn Catalog>, commits: CommitPath) -> Result<Self> {
         let namespace = catalog::ensure_namespace(catalog.as_ref(), BRONZE_NAMESPACE).await?;
         Ok(Self {
             catalog,
+            commits,
             namespace,
             tables: Vec::new(),
         })
     }
 
-    /// Loads (checking its layout) or creates the table for `schema`. Takes no `self`:
-    /// the sink holds Parquet writers that are `Send` but not `Sync`.
+    /// Loads or creates the table for `schema`. An existing table keeps its stored layout:
+    /// the capture moves it to the source's through [`ChangeSink::evolve`], at the point of
+    /// the change stream where the source changed. Takes no `self`: the sink holds Parquet
+    /// writers that are `Send` but not `Sync`.
     async fn open_table(
         catalog: &dyn Catalog,
         namespace: &NamespaceIdent,
@@ -83,9 +115,7 @@ impl BronzeSink {
             .await
             .map_err(LakehouseError::iceberg(&ident))?
         {
-            let table = catalog.load_table(&ident).await.map_err(err)?;
-            schema.check_compatible(table.metadata().current_schema())?;
-            table
+            catalog.load_table(&ident).await.map_err(err)?
         } else {
             let iceberg_schema = schema.iceberg_schema()?;
             let ts_field = iceberg_schema
@@ -101,11 +131,15 @@ impl BronzeSink {
                 .build();
             let creation = TableCreation::builder()
                 .name(name.clone())
-                .schema(iceberg_schema)
+                .schema(iceberg_schema.clone())
                 .partition_spec(spec)
                 .properties([
                     (SOURCE_TABLE_PROPERTY.to_string(), schema.qualified_source()),
                     (KEY_COLUMNS_PROPERTY.to_string(), schema.key.join(",")),
+                    (
+                        SOURCE_IDS_PROPERTY.to_string(),
+                        source_ids_of(&iceberg_schema, schema),
+                    ),
                     (
                         "write.parquet.compression-codec".to_string(),
                         "zstd".to_string(),
@@ -127,9 +161,10 @@ impl BronzeSink {
         Ok((table, progress))
     }
 
-    fn new_writer(table: &Table) -> Result<Writer> {
+    fn new_writer(table: &Table, schema: iceberg::spec::SchemaRef) -> Result<Writer> {
         Ok(FanoutWriter::new(crate::files::data_writer(
             table,
+            schema,
             256 * 1024 * 1024,
             "",
         )?))
@@ -137,33 +172,166 @@ impl BronzeSink {
 
     async fn commit_table(&mut self, idx: usize, lsn: u64) -> Result<()> {
         let catalog = self.catalog.clone();
+        let commits = self.commits.clone();
         let t = &mut self.tables[idx];
-        let files = match t.writer.take() {
-            Some(w) => w.close().await.map_err(LakehouseError::iceberg(&t.ident))?,
-            None => Vec::new(),
-        };
+        let mut files = std::mem::take(&mut t.closed);
+        if let Some(w) = t.writer.take() {
+            files.extend(w.close().await.map_err(LakehouseError::iceberg(&t.ident))?);
+        }
         crate::crash::point("bronze.after_files_closed");
-        let props = HashMap::from([
+        let properties = HashMap::from([
             (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
             ("bitvelocity.rows".to_string(), t.rows.to_string()),
         ]);
-        let tx = Transaction::new(&t.table);
-        let action = tx
-            .fast_append()
-            .with_check_duplicate(false)
-            .add_data_files(files)
-            .set_snapshot_properties(props);
-        let tx = action
-            .apply(tx)
-            .map_err(LakehouseError::iceberg(&t.ident))?;
+        let (schema, table_properties) = match &t.evolution {
+            Some((e, key)) => (
+                Some(e.schema.clone()),
+                HashMap::from([
+                    (SOURCE_IDS_PROPERTY.to_string(), e.source_ids.clone()),
+                    (KEY_COLUMNS_PROPERTY.to_string(), key.join(",")),
+                ]),
+            ),
+            None => (None, HashMap::new()),
+        };
         crate::crash::point("bronze.before_catalog_commit");
-        let table = tx
-            .commit(catalog.as_ref())
-            .await
-            .map_err(LakehouseError::iceberg(&t.ident))?;
+        let mut attempt = 0;
+        let table = loop {
+            attempt += 1;
+            let delta = RowDelta {
+                data_files: files.clone(),
+                properties: properties.clone(),
+                schema: schema.clone(),
+                table_properties: table_properties.clone(),
+                ..RowDelta::default()
+            };
+            match commits
+                .commit_row_delta(catalog.as_ref(), &t.table, delta)
+                .await
+            {
+                Ok(table) => break table,
+                Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => {
+                    // Appends never conflict with a rewrite: retry on the new base.
+                    tracing::debug!(table = %t.ident, attempt, error = %e, "bronze commit lost a race; retrying");
+                    tokio::time::sleep(crate::silver::retry_pause(attempt)).await;
+                    t.table = catalog
+                        .load_table(&t.ident)
+                        .await
+                        .map_err(LakehouseError::iceberg(&t.ident))?;
+                    if let Some(theirs) = read_progress(&t.table)?.source_lsn
+                        && theirs >= lsn
+                    {
+                        return Err(LakehouseError::Corrupt(format!(
+                            "{}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?",
+                            t.ident
+                        )));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         crate::crash::point("bronze.after_catalog_commit");
+        if let Some((e, _)) = t.evolution.take() {
+            tracing::info!(table = %t.ident, changes = ?e.changes, "bronze schema evolved");
+        }
         tracing::debug!(table = %t.ident, rows = t.rows, lsn, "bronze commit");
         t.table = table;
+        t.rows = 0;
+        Ok(())
+    }
+
+    /// The schema table `idx` holds now (including a change its next commit installs).
+    pub fn schema(&self, idx: usize) -> Result<iceberg::spec::SchemaRef> {
+        Ok(self
+            .tables
+            .get(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?
+            .schema())
+    }
+
+    /// The key columns of table `idx` (the stored property, or a pending change's).
+    pub fn key(&self, idx: usize) -> Result<Vec<String>> {
+        let t = self
+            .tables
+            .get(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        Ok(match &t.evolution {
+            Some((_, key)) => key.clone(),
+            None => t
+                .table
+                .metadata()
+                .properties()
+                .get(KEY_COLUMNS_PROPERTY)
+                .map(|k| k.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Moves table `idx` to the source layout `source`; takes effect with the next commit.
+    /// Returns the Arrow schema later batches must have. Leaves the table untouched when
+    /// the change is one Iceberg cannot follow.
+    pub async fn evolve_table(
+        &mut self,
+        idx: usize,
+        source: &ChangeLogSchema,
+    ) -> Result<(SchemaRef, iceberg::spec::SchemaRef)> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        let current = t.schema();
+        let ids = match &t.evolution {
+            Some((e, _)) => parse_source_ids(Some(&e.source_ids)),
+            None => parse_source_ids(t.table.metadata().properties().get(SOURCE_IDS_PROPERTY)),
+        };
+        let evolution = evolve_schema(
+            &t.ident.to_string(),
+            &current,
+            t.last_column_id,
+            &ids,
+            source,
+        )?;
+        let schema = match evolution {
+            None => current,
+            Some(e) => {
+                let schema: iceberg::spec::SchemaRef = Arc::new(e.schema.clone());
+                let splitter = t.splitter_for(schema.clone())?;
+                // Rows already written keep their files (their columns are found by field id).
+                if let Some(w) = t.writer.take() {
+                    t.closed
+                        .extend(w.close().await.map_err(LakehouseError::iceberg(&t.ident))?);
+                }
+                t.last_column_id = t.last_column_id.max(schema.highest_field_id());
+                tracing::info!(table = %t.ident, changes = ?e.changes, "source schema changed");
+                t.splitter = splitter;
+                t.evolution = Some((e, source.key.clone()));
+                schema
+            }
+        };
+        let arrow = Arc::new(
+            iceberg::arrow::schema_to_arrow_schema(&schema)
+                .map_err(LakehouseError::iceberg(&t.ident))?,
+        );
+        Ok((arrow, schema))
+    }
+
+    /// Drops everything table `idx` buffered since its last commit (its capture stopped).
+    pub async fn discard(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        let mut files = std::mem::take(&mut t.closed);
+        if let Some(w) = t.writer.take() {
+            files.extend(w.close().await.map_err(LakehouseError::iceberg(&t.ident))?);
+        }
+        for f in files {
+            if let Err(e) = t.table.file_io().delete(f.file_path()).await {
+                tracing::debug!(path = f.file_path(), error = %e, "could not remove an uncommitted file");
+            }
+        }
+        if t.evolution.take().is_some() {
+            t.splitter = t.splitter_for(t.table.metadata().current_schema().clone())?;
+        }
         t.rows = 0;
         Ok(())
     }
@@ -228,11 +396,15 @@ impl ChangeSink for BronzeSink {
                 meta.default_partition_spec().clone(),
             )
             .map_err(LakehouseError::iceberg(&ident))?;
+            let last_column_id = meta.last_column_id();
             self.tables.push(BronzeTable {
                 ident,
                 table,
                 splitter,
                 writer: None,
+                closed: Vec::new(),
+                evolution: None,
+                last_column_id,
                 rows: 0,
             });
             out.push(progress);
@@ -249,7 +421,7 @@ impl ChangeSink for BronzeSink {
             return Ok(());
         }
         if t.writer.is_none() {
-            t.writer = Some(Self::new_writer(&t.table)?);
+            t.writer = Some(Self::new_writer(&t.table, t.schema())?);
         }
         let writer = t
             .writer
@@ -270,9 +442,18 @@ impl ChangeSink for BronzeSink {
         Ok(())
     }
 
+    async fn evolve(&mut self, table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef> {
+        Ok(self.evolve_table(table, schema).await?.0)
+    }
+
+    async fn stop(&mut self, table: usize) -> Result<()> {
+        self.discard(table).await
+    }
+
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
         for idx in 0..self.tables.len() {
-            if self.tables[idx].writer.is_some() || mark.contains(&idx) {
+            let t = &self.tables[idx];
+            if t.writer.is_some() || !t.closed.is_empty() || mark.contains(&idx) {
                 self.commit_table(idx, lsn).await?;
                 crate::crash::point("bronze.between_tables");
             }

@@ -15,6 +15,14 @@ pub enum LakehouseError {
         /// What differs.
         message: String,
     },
+    /// A source schema change Iceberg cannot follow without breaking old files.
+    #[error("table {table}: incompatible source schema change: {change}")]
+    IncompatibleSchema {
+        /// The lakehouse table.
+        table: String,
+        /// The change and why it is refused.
+        change: String,
+    },
     /// A snapshot summary carries a source position we cannot read.
     #[error("table {table}: bad source position {value:?} in snapshot summary")]
     BadProgress {

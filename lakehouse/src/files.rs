@@ -235,8 +235,10 @@ pub type DataWriterBuilder = iceberg::writer::base_writer::data_file_writer::Dat
 
 /// A writer builder for `table` whose files are named `<prefix>-<uuid v7>-…`: a fresh name
 /// per writer, so files of an attempt that crashed before its commit never collide with a retry.
+/// Files follow `schema`: the table's current one, or the one the next commit installs.
 pub fn data_writer(
     table: &iceberg::table::Table,
+    schema: iceberg::spec::SchemaRef,
     target_bytes: usize,
     prefix: &str,
 ) -> Result<DataWriterBuilder> {
@@ -248,10 +250,7 @@ pub fn data_writer(
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .set_max_row_group_row_count(Some(128 * 1024))
         .build();
-    let parquet = iceberg::writer::file_writer::ParquetWriterBuilder::new(
-        props,
-        meta.current_schema().clone(),
-    );
+    let parquet = iceberg::writer::file_writer::ParquetWriterBuilder::new(props, schema);
     let location =
         DefaultLocationGenerator::new(meta).map_err(LakehouseError::iceberg(table.identifier()))?;
     let names = DefaultFileNameGenerator::new(

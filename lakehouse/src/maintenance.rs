@@ -180,11 +180,15 @@ pub async fn compact(
             .clone();
         let key = (!spec.fields().is_empty())
             .then(|| PartitionKey::new(spec.as_ref().clone(), schema.clone(), partition.clone()));
-        let mut writer =
-            crate::files::data_writer(&base, opts.target_file_bytes as usize, "compact-")?
-                .build(key)
-                .await
-                .map_err(LakehouseError::iceberg(ident))?;
+        let mut writer = crate::files::data_writer(
+            &base,
+            base.metadata().current_schema().clone(),
+            opts.target_file_bytes as usize,
+            "compact-",
+        )?
+        .build(key)
+        .await
+        .map_err(LakehouseError::iceberg(ident))?;
         let first_new = new_files.len() as u32;
         let mut group_rows: u64 = 0;
         for f in files {
@@ -284,6 +288,7 @@ pub async fn compact(
             removed_files: removed.clone(),
             remove_all: false,
             properties,
+            ..RowDelta::default()
         };
         crate::crash::point("maintenance.before_commit");
         match commits.commit_row_delta(catalog, &current, delta).await {

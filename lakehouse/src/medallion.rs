@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use catalog::Catalog;
@@ -39,7 +39,14 @@ pub struct MedallionSink {
     since_maintenance: Vec<u32>,
     /// Per table: holds a source position (copied at least once).
     positioned: Vec<bool>,
+    /// Per table: its capture stopped (an incompatible schema change); left out of the
+    /// consistent position and of maintenance.
+    stopped: Vec<bool>,
 }
+
+/// Silver namespace property: the silver tables whose capture stopped (comma separated);
+/// consistent reads leave them out rather than show them at an older position.
+pub const STOPPED_TABLES_PROPERTY: &str = "bitvelocity.stopped-tables";
 
 /// Silver namespace property: a source position at which every silver table is complete.
 ///
@@ -69,7 +76,7 @@ impl MedallionSink {
     /// Bronze and silver tables in `catalog`, silver committed through `commits`.
     pub async fn new(catalog: Arc<dyn Catalog>, commits: CommitPath) -> Result<Self> {
         Ok(Self {
-            bronze: BronzeSink::new(catalog.clone()).await?,
+            bronze: BronzeSink::new(catalog.clone(), commits.clone()).await?,
             silver: SilverSink::new(catalog.clone(), commits.clone()).await?,
             catalog,
             commits,
@@ -78,6 +85,7 @@ impl MedallionSink {
             written: Vec::new(),
             since_maintenance: Vec::new(),
             positioned: Vec::new(),
+            stopped: Vec::new(),
         })
     }
 
@@ -100,6 +108,29 @@ impl MedallionSink {
         }
         self.bronze.reload(idx).await?;
         self.silver.reload(idx).await
+    }
+
+    /// Records the stopped tables on the silver namespace, for consistent reads.
+    fn publish_stopped(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let value = self
+            .names
+            .iter()
+            .zip(&self.stopped)
+            .filter(|(_, s)| **s)
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let catalog = self.catalog.clone();
+        async move {
+            let ns = catalog::NamespaceIdent::new(crate::silver::SILVER_NAMESPACE.to_string());
+            catalog
+                .update_namespace(
+                    &ns,
+                    std::collections::HashMap::from([(STOPPED_TABLES_PROPERTY.to_string(), value)]),
+                )
+                .await
+                .map_err(LakehouseError::iceberg(&"namespace silver"))
+        }
     }
 
     /// The silver half, for inspection.
@@ -173,6 +204,32 @@ impl MedallionSink {
     }
 }
 
+/// The silver tables whose capture stopped, as the ingester last recorded them.
+pub async fn stopped_tables(catalog: &dyn Catalog) -> Result<Vec<String>> {
+    let ns = catalog::NamespaceIdent::new(crate::silver::SILVER_NAMESPACE.to_string());
+    if !catalog
+        .namespace_exists(&ns)
+        .await
+        .map_err(LakehouseError::iceberg(&"namespace silver"))?
+    {
+        return Ok(Vec::new());
+    }
+    let namespace = catalog
+        .get_namespace(&ns)
+        .await
+        .map_err(LakehouseError::iceberg(&"namespace silver"))?;
+    Ok(namespace
+        .properties()
+        .get(STOPPED_TABLES_PROPERTY)
+        .map(|v| {
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 fn lsn_column(batch: &RecordBatch) -> Result<&[i64]> {
     let col = batch
         .column_by_name(LSN_COLUMN)
@@ -196,9 +253,18 @@ impl ChangeSink for MedallionSink {
         self.written = vec![false; tables.len()];
         self.since_maintenance = vec![0; tables.len()];
         self.positioned = vec![false; tables.len()];
+        // Tables stopped by an earlier run stay out of consistent reads until they commit again.
+        let listed = stopped_tables(self.catalog.as_ref()).await?;
+        self.stopped = self.names.iter().map(|n| listed.contains(n)).collect();
         let bronze = self.bronze.prepare(tables).await?;
         let silver = self.silver.prepare(tables).await?;
         for (idx, (b, s)) in bronze.iter().zip(&silver).enumerate() {
+            // Silver follows bronze's schema (a crash between their commits can leave it behind).
+            let schema = self.bronze.schema(idx)?;
+            let key = self.bronze.key(idx)?;
+            if !key.is_empty() {
+                self.silver.adopt(idx, &schema, &key)?;
+            }
             match (b.source_lsn, s.source_lsn) {
                 // Bronze starts over with a fresh copy: silver must start from it too.
                 (None, Some(_)) => self.silver.reset(idx)?,
@@ -227,15 +293,51 @@ impl ChangeSink for MedallionSink {
         self.silver.write(table, batch).await
     }
 
+    async fn evolve(&mut self, table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef> {
+        let (arrow, iceberg) = self.bronze.evolve_table(table, schema).await?;
+        if let Err(e) = self.silver.adopt(table, &iceberg, &schema.key) {
+            self.bronze.discard(table).await?;
+            return Err(e);
+        }
+        Ok(arrow)
+    }
+
+    async fn stop(&mut self, table: usize) -> Result<()> {
+        self.bronze.discard(table).await?;
+        self.silver.discard(table)?;
+        if let Some(w) = self.written.get_mut(table) {
+            *w = false;
+        }
+        if let Some(s) = self.stopped.get_mut(table) {
+            *s = true;
+        }
+        self.publish_stopped().await
+    }
+
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
         self.bronze.commit(lsn, mark).await?;
         crate::crash::point("medallion.between_bronze_and_silver");
         self.silver.commit(lsn, mark).await?;
         let changed: Vec<bool> = self.written.iter_mut().map(std::mem::take).collect();
+        // A table stopped in an earlier run that commits again was resynced or got past its change.
+        let revived: Vec<usize> = (0..changed.len())
+            .filter(|&i| self.stopped[i] && (changed[i] || mark.contains(&i)))
+            .collect();
+        if !revived.is_empty() {
+            for i in revived {
+                self.stopped[i] = false;
+            }
+            self.publish_stopped().await?;
+        }
         for (idx, p) in self.positioned.iter_mut().enumerate() {
             *p |= changed[idx] || mark.contains(&idx);
         }
-        if self.positioned.iter().all(|&p| p) {
+        if self
+            .positioned
+            .iter()
+            .zip(&self.stopped)
+            .all(|(&p, &s)| p || s)
+        {
             let ns = catalog::NamespaceIdent::new(crate::silver::SILVER_NAMESPACE.to_string());
             self.catalog
                 .update_namespace(
@@ -252,6 +354,9 @@ impl ChangeSink for MedallionSink {
             return Ok(());
         };
         for (idx, &changed) in changed.iter().enumerate() {
+            if self.stopped[idx] {
+                continue;
+            }
             if changed {
                 self.since_maintenance[idx] += 1;
             }

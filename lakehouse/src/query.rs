@@ -97,10 +97,16 @@ async fn open(
         }
     }
     let silver = Arc::new(MemorySchemaProvider::new());
+    // A table whose capture stopped is not at `lsn`: leave it out rather than mislead.
+    let stopped = crate::medallion::stopped_tables(catalog.as_ref()).await?;
     for (name, table) in tables.iter() {
         let Some(short) = name.strip_prefix("silver.") else {
             continue;
         };
+        if stopped.iter().any(|s| s == short) {
+            tracing::warn!(table = %name, "capture stopped; left out of the consistent read");
+            continue;
+        }
         let snapshot = snapshot_at_position(table, lsn)?.ok_or_else(|| {
             LakehouseError::NoConsistentPosition(format!(
                 "{name} has no snapshot at or before position {lsn}; retry once ingest has committed it"

@@ -1,9 +1,10 @@
 //! The layout of change-log tables: source columns plus change metadata.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use iceberg::spec::{ListType, NestedField, PrimitiveType, Schema, Type};
+use iceberg::spec::{ListType, NestedField, NestedFieldRef, PrimitiveType, Schema, Type};
 
 use crate::{LakehouseError, Result};
 
@@ -107,6 +108,12 @@ pub struct SourceColumn {
     pub name: String,
     /// Stored type.
     pub ty: ColumnType,
+    /// The column's identity in the source (PostgreSQL's attnum), which survives a rename:
+    /// it tells a renamed column from a dropped one plus a new one.
+    pub source_id: Option<i32>,
+    /// PostgreSQL gave existing rows a value for this column without logging a change
+    /// (ADD COLUMN with a default): adding it would show those rows wrong.
+    pub backfilled: bool,
 }
 
 /// A source table and the change-log table that records it.
@@ -218,10 +225,200 @@ pub fn check_same_layout(table: &str, existing: &Schema, wanted: &Schema) -> Res
 }
 
 /// A type printed without field ids, for comparing layouts.
-fn type_shape(t: &Type) -> String {
+pub(crate) fn type_shape(t: &Type) -> String {
     match t {
         Type::List(l) => format!("list<{}>", type_shape(&l.element_field.field_type)),
         other => other.to_string(),
+    }
+}
+
+/// Table property recording, per Iceberg field id, the source column id it holds
+/// (`field:attnum,...`), so a later rename is recognised as one.
+pub const SOURCE_IDS_PROPERTY: &str = "bitvelocity.source-column-ids";
+
+/// A stored schema moved to a new source layout.
+#[derive(Debug, Clone)]
+pub struct Evolution {
+    /// The new Iceberg schema: kept columns keep their field ids, new ones get fresh ids.
+    pub schema: Schema,
+    /// The value of [`SOURCE_IDS_PROPERTY`] that goes with it.
+    pub source_ids: String,
+    /// What changed, for logs (`added c`, `renamed b to c`, `widened n from int to long`).
+    pub changes: Vec<String>,
+}
+
+/// Reads [`SOURCE_IDS_PROPERTY`]: field id → source column id.
+pub fn parse_source_ids(value: Option<&String>) -> HashMap<i32, i32> {
+    value
+        .map(|v| {
+            v.split(',')
+                .filter_map(|p| {
+                    let (f, a) = p.split_once(':')?;
+                    Some((f.trim().parse().ok()?, a.trim().parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The [`SOURCE_IDS_PROPERTY`] value for a schema built from `wanted` (fields in column order).
+pub fn source_ids_of(schema: &Schema, wanted: &ChangeLogSchema) -> String {
+    wanted
+        .columns
+        .iter()
+        .filter_map(|c| Some((schema.field_by_name(&c.name)?.id, c.source_id?)))
+        .map(|(f, a)| format!("{f}:{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Moves `stored` (the table's current schema) to the source layout `wanted`, the way
+/// Iceberg schema evolution allows: a column is the same column when its source id
+/// matches (else, when either side has no source id, when its name does), so renames
+/// keep their field id and old files stay readable; columns gone from the source are
+/// dropped; new ones get ids above `last_column_id` (never reusing a dropped id); types
+/// may only widen (int→long, float→double, decimal precision up). Change-log metadata
+/// columns (present in bronze) keep their place at the end. `None` when nothing changes.
+pub fn evolve_schema(
+    table: &str,
+    stored: &Schema,
+    last_column_id: i32,
+    stored_source_ids: &HashMap<i32, i32>,
+    wanted: &ChangeLogSchema,
+) -> Result<Option<Evolution>> {
+    let incompatible = |change: String| LakehouseError::IncompatibleSchema {
+        table: table.to_string(),
+        change,
+    };
+    let source_fields: Vec<&NestedFieldRef> = stored
+        .as_struct()
+        .fields()
+        .iter()
+        .filter(|f| !META_COLUMNS.contains(&f.name.as_str()))
+        .collect();
+    let mut used: HashSet<i32> = HashSet::new();
+    let mut next_id = last_column_id.max(stored.highest_field_id()) + 1;
+    let mut fields = Vec::with_capacity(stored.as_struct().fields().len() + 1);
+    let mut changes = Vec::new();
+    for c in &wanted.columns {
+        let by_source = c.source_id.and_then(|a| {
+            source_fields
+                .iter()
+                .find(|f| stored_source_ids.get(&f.id) == Some(&a))
+        });
+        let by_name = || {
+            source_fields.iter().find(|f| {
+                f.name == c.name
+                    && (c.source_id.is_none() || !stored_source_ids.contains_key(&f.id))
+            })
+        };
+        let matched = by_source.or_else(by_name).filter(|f| !used.contains(&f.id));
+        match matched {
+            Some(f) => {
+                used.insert(f.id);
+                let ty = promote(&f.field_type, &c.ty)
+                    .map_err(|why| incompatible(format!("column {}: {why}", c.name)))?;
+                if f.name != c.name {
+                    changes.push(format!("renamed {} to {}", f.name, c.name));
+                }
+                if ty != *f.field_type {
+                    changes.push(format!(
+                        "widened {} from {} to {}",
+                        c.name, f.field_type, ty
+                    ));
+                }
+                let mut field = NestedField::optional(f.id, &c.name, ty);
+                field.doc = f.doc.clone();
+                fields.push(Arc::new(field));
+            }
+            None => {
+                if c.backfilled {
+                    return Err(incompatible(format!(
+                        "column {} was added with a default, which PostgreSQL gives existing rows without logging a change",
+                        c.name
+                    )));
+                }
+                if c.source_id.is_none()
+                    && source_fields
+                        .iter()
+                        .any(|f| !used.contains(&f.id) && stored_source_ids.contains_key(&f.id))
+                {
+                    return Err(incompatible(format!(
+                        "column {} cannot be told apart from a renamed column: the source table changed again since",
+                        c.name
+                    )));
+                }
+                let id = next_id;
+                next_id += 1;
+                let mut nested = next_id;
+                let ty = c.ty.to_iceberg(&mut nested);
+                next_id = nested;
+                changes.push(format!("added {}", c.name));
+                fields.push(Arc::new(NestedField::optional(id, &c.name, ty)));
+            }
+        }
+    }
+    for f in &source_fields {
+        if !used.contains(&f.id) {
+            changes.push(format!("dropped {}", f.name));
+        }
+    }
+    fields.extend(
+        stored
+            .as_struct()
+            .fields()
+            .iter()
+            .filter(|f| META_COLUMNS.contains(&f.name.as_str()))
+            .cloned(),
+    );
+    let same = fields.len() == stored.as_struct().fields().len()
+        && fields
+            .iter()
+            .zip(stored.as_struct().fields())
+            .all(|(a, b)| a == b);
+    let schema = Schema::builder()
+        .with_schema_id(stored.schema_id() + 1)
+        .with_fields(fields)
+        .build()
+        .map_err(LakehouseError::iceberg(&table))?;
+    let source_ids = source_ids_of(&schema, wanted);
+    let ids_known = parse_source_ids(Some(&source_ids)) == *stored_source_ids;
+    if same && ids_known {
+        return Ok(None);
+    }
+    Ok(Some(Evolution {
+        schema,
+        source_ids,
+        changes,
+    }))
+}
+
+/// The stored type `from` may become `to` only by a widening Iceberg allows.
+fn promote(from: &Type, to: &ColumnType) -> std::result::Result<Type, String> {
+    let mut scratch = 0;
+    let want = to.to_iceberg(&mut scratch);
+    if type_shape(from) == type_shape(&want) {
+        return Ok(from.clone());
+    }
+    use PrimitiveType as P;
+    match (from, &want) {
+        (Type::Primitive(P::Int), Type::Primitive(P::Long))
+        | (Type::Primitive(P::Float), Type::Primitive(P::Double)) => Ok(want),
+        (
+            Type::Primitive(P::Decimal {
+                precision: p1,
+                scale: s1,
+            }),
+            Type::Primitive(P::Decimal {
+                precision: p2,
+                scale: s2,
+            }),
+        ) if s1 == s2 && p2 >= p1 => Ok(want),
+        _ => Err(format!(
+            "type {} cannot become {} (only int→long, float→double and wider decimals keep old files readable)",
+            type_shape(from),
+            type_shape(&want)
+        )),
     }
 }
 
@@ -237,10 +434,14 @@ mod tests {
                 SourceColumn {
                     name: "id".into(),
                     ty: ColumnType::Long,
+                    source_id: Some(1),
+                    backfilled: false,
                 },
                 SourceColumn {
                     name: "tags".into(),
                     ty: ColumnType::List(Box::new(ColumnType::String)),
+                    source_id: Some(2),
+                    backfilled: false,
                 },
                 SourceColumn {
                     name: "total".into(),
@@ -248,6 +449,8 @@ mod tests {
                         precision: 12,
                         scale: 2,
                     },
+                    source_id: Some(3),
+                    backfilled: false,
                 },
             ],
             key: vec!["id".into()],

@@ -40,17 +40,179 @@ const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
 struct SilverTable {
     ident: TableIdent,
     table: Table,
-    source: ChangeLogSchema,
-    /// Arrow schema of the silver table (the source columns, with field ids).
+    /// The Iceberg schema rows are written with: the table's, or the one the next commit installs.
+    schema: iceberg::spec::SchemaRef,
+    /// A schema change (and key) the next commit installs.
+    evolution: Option<Vec<String>>,
+    /// Arrow form of `schema` (the source columns, with field ids).
     arrow: SchemaRef,
+    /// Key column names.
+    key: Vec<String>,
     key_cols: Vec<usize>,
     key_schema: SchemaRef,
     /// Keyed by every column (no primary key): equal rows may repeat.
     multi: bool,
     index: PkIndex,
+    /// The index was built for another key layout and is rebuilt before the next plan.
+    index_stale: bool,
+    /// Every column name the table has had, newest meaning last: resolves the names in
+    /// `_unchanged_cols` of rows written before a rename.
+    names: HashMap<String, i32>,
+    /// Pending change rows: the silver columns (in `arrow`'s layout), then `_op` and `_unchanged_cols`.
     pending: Vec<RecordBatch>,
     /// The next commit first drops every file (the source table is being copied afresh).
     reset: bool,
+}
+
+impl SilverTable {
+    /// Takes `schema` (with `key`) as the layout of the rows that follow.
+    fn set_layout(&mut self, schema: iceberg::spec::SchemaRef, key: Vec<String>) -> Result<()> {
+        let arrow: SchemaRef = Arc::new(
+            iceberg::arrow::schema_to_arrow_schema(&schema)
+                .map_err(LakehouseError::iceberg(&self.ident))?,
+        );
+        let key_cols = key_positions(&self.ident, &arrow, &key)?;
+        let key_schema = Arc::new(arrow.project(&key_cols)?);
+        if key_schema.fields() != self.key_schema.fields() || key_cols != self.key_cols {
+            self.index_stale = true;
+        }
+        for f in schema.as_struct().fields() {
+            self.names.insert(f.name.clone(), f.id);
+        }
+        self.multi = key.len() == arrow.fields().len();
+        self.pending = self
+            .pending
+            .iter()
+            .map(|b| conform_input(&self.ident, b, &arrow))
+            .collect::<Result<_>>()?;
+        self.schema = schema;
+        self.arrow = arrow;
+        self.key = key;
+        self.key_cols = key_cols;
+        self.key_schema = key_schema;
+        Ok(())
+    }
+
+    /// Moves to the silver form of `bronze` (its source columns, same field ids) and `key`;
+    /// committed with the next commit. Fails, leaving the table as it was, on a type change
+    /// that is not a widening.
+    fn adopt(&mut self, bronze: &Schema, key: &[String]) -> Result<()> {
+        let name = self.ident.to_string();
+        let from_bronze = silver_schema_of(&name, bronze)?;
+        // Top-level field ids are bronze's; nested ids (list elements) were assigned by each
+        // table's creation, so a column whose type did not change keeps silver's own.
+        let mut fields = Vec::with_capacity(from_bronze.as_struct().fields().len());
+        for f in from_bronze.as_struct().fields() {
+            let mut field = f.as_ref().clone();
+            if let Some(old) = self.schema.field_by_id(f.id) {
+                let (was, now) = (
+                    crate::schema::type_shape(&old.field_type),
+                    crate::schema::type_shape(&f.field_type),
+                );
+                if was == now {
+                    field.field_type = old.field_type.clone();
+                } else if !widens(&old.field_type, &f.field_type) {
+                    return Err(LakehouseError::IncompatibleSchema {
+                        table: name,
+                        change: format!("column {}: type {was} cannot become {now}", f.name),
+                    });
+                }
+            }
+            fields.push(Arc::new(field));
+        }
+        let target = Arc::new(
+            Schema::builder()
+                .with_schema_id(self.schema.schema_id() + 1)
+                .with_fields(fields)
+                .build()
+                .map_err(LakehouseError::iceberg(&name))?,
+        );
+        if target.as_struct() == self.schema.as_struct() && key == self.key.as_slice() {
+            return Ok(());
+        }
+        self.set_layout(target, key.to_vec())?;
+        self.evolution = Some(key.to_vec());
+        Ok(())
+    }
+}
+
+/// Whether Iceberg lets a column of type `from` become `to`.
+fn widens(from: &iceberg::spec::Type, to: &iceberg::spec::Type) -> bool {
+    use iceberg::spec::{PrimitiveType as P, Type as T};
+    match (from, to) {
+        (T::Primitive(P::Int), T::Primitive(P::Long))
+        | (T::Primitive(P::Float), T::Primitive(P::Double)) => true,
+        (
+            T::Primitive(P::Decimal {
+                precision: p1,
+                scale: s1,
+            }),
+            T::Primitive(P::Decimal {
+                precision: p2,
+                scale: s2,
+            }),
+        ) => s1 == s2 && p2 >= p1,
+        _ => false,
+    }
+}
+
+/// Positions of the `key` columns in `arrow`.
+fn key_positions(ident: &TableIdent, arrow: &SchemaRef, key: &[String]) -> Result<Vec<usize>> {
+    key.iter()
+        .map(|k| {
+            arrow
+                .fields()
+                .iter()
+                .position(|f| f.name() == k)
+                .ok_or_else(|| LakehouseError::SchemaMismatch {
+                    table: ident.to_string(),
+                    message: format!("key column {k} is not a column"),
+                })
+        })
+        .collect()
+}
+
+/// A change batch in silver's input layout: the columns of `arrow` (found by field id, else
+/// by name; absent ones null, narrower ones widened), then `_op` and `_unchanged_cols`.
+fn conform_input(
+    ident: &TableIdent,
+    batch: &RecordBatch,
+    arrow: &SchemaRef,
+) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let by_id: HashMap<i32, usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| crate::files::field_id(f).map(|id| (id, i)))
+        .collect();
+    let mut fields: Vec<arrow::datatypes::FieldRef> = arrow.fields().iter().cloned().collect();
+    let mut columns = Vec::with_capacity(fields.len() + 2);
+    for f in arrow.fields() {
+        let at = match crate::files::field_id(f) {
+            Some(id) if !by_id.is_empty() => by_id.get(&id).copied(),
+            _ => schema.index_of(f.name()).ok(),
+        };
+        columns.push(match at {
+            Some(i) => conform(batch.column(i).clone(), f.data_type())?,
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        });
+    }
+    for meta in [OP_COLUMN, UNCHANGED_COLUMN] {
+        let i = schema
+            .index_of(meta)
+            .map_err(|_| LakehouseError::SchemaMismatch {
+                table: ident.to_string(),
+                message: format!("change batch without {meta}"),
+            })?;
+        fields.push(schema.fields()[i].clone());
+        columns.push(batch.column(i).clone());
+    }
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
 }
 
 /// The current-state sink: one `silver.<table>` per source table, merge-on-read with position deletes.
@@ -71,8 +233,12 @@ impl std::fmt::Debug for SilverSink {
 
 /// The Iceberg schema of a silver table: the change log's source columns, field ids kept.
 pub fn silver_schema(source: &ChangeLogSchema) -> Result<Schema> {
-    let full = source.iceberg_schema()?;
-    let fields: Vec<_> = full
+    silver_schema_of(&source.qualified_source(), &source.iceberg_schema()?)
+}
+
+/// The silver form of a bronze schema: its source columns, field ids kept.
+pub fn silver_schema_of(table: &str, bronze: &Schema) -> Result<Schema> {
+    let fields: Vec<_> = bronze
         .as_struct()
         .fields()
         .iter()
@@ -80,10 +246,10 @@ pub fn silver_schema(source: &ChangeLogSchema) -> Result<Schema> {
         .cloned()
         .collect();
     Schema::builder()
-        .with_schema_id(0)
+        .with_schema_id(bronze.schema_id())
         .with_fields(fields)
         .build()
-        .map_err(LakehouseError::iceberg(&source.qualified_source()))
+        .map_err(LakehouseError::iceberg(&table))
 }
 
 impl SilverSink {
@@ -132,6 +298,28 @@ impl SilverSink {
         self.tables.get(idx).map(|t| t.index.len())
     }
 
+    /// Moves table `idx` to the silver form of `bronze` with `key`, committed with its next commit.
+    pub fn adopt(&mut self, idx: usize, bronze: &Schema, key: &[String]) -> Result<()> {
+        self.tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?
+            .adopt(bronze, key)
+    }
+
+    /// Drops what table `idx` buffered since its last commit, including a pending schema change.
+    pub fn discard(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        t.pending.clear();
+        if t.evolution.take().is_some() {
+            let key = stored_key(&t.table).unwrap_or_else(|| t.key.clone());
+            t.set_layout(t.table.metadata().current_schema().clone(), key)?;
+        }
+        Ok(())
+    }
+
     async fn open_table(&self, schema: &ChangeLogSchema) -> Result<Table> {
         let ident = TableIdent::new(self.namespace.clone(), schema.table_name());
         let wanted = silver_schema(schema)?;
@@ -141,16 +329,11 @@ impl SilverSink {
             .await
             .map_err(LakehouseError::iceberg(&ident))?
         {
-            let table = catalog
+            // An existing table keeps its stored layout; `adopt` moves it on.
+            return catalog
                 .load_table(&ident)
                 .await
-                .map_err(LakehouseError::iceberg(&ident))?;
-            crate::schema::check_same_layout(
-                &ident.to_string(),
-                table.metadata().current_schema(),
-                &wanted,
-            )?;
-            return Ok(table);
+                .map_err(LakehouseError::iceberg(&ident));
         }
         let creation = TableCreation::builder()
             .name(ident.name().to_string())
@@ -189,9 +372,14 @@ impl SilverSink {
         let mut attempt = 0;
         let rows_in = t.pending.iter().map(|b| b.num_rows()).sum::<usize>();
         'plan: loop {
+            if t.index_stale {
+                // The key's columns or types changed: index the committed rows by the new key.
+                t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+                t.index_stale = false;
+            }
             let plan = plan(t)?;
             let output = materialize(t, &plan).await?;
-            let data_files = write_data(&t.table, &t.arrow, output).await?;
+            let data_files = write_data(&t.table, &t.schema, &t.arrow, output).await?;
             crate::crash::point("silver.after_data_files");
             let mut delete_files = Vec::new();
             if !plan.deletes.is_empty() && !plan.truncate {
@@ -228,6 +416,14 @@ impl SilverSink {
                         (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
                         ("bitvelocity.rows".to_string(), rows_in.to_string()),
                     ]),
+                    schema: t.evolution.as_ref().map(|_| t.schema.as_ref().clone()),
+                    table_properties: t
+                        .evolution
+                        .as_ref()
+                        .map(|key| {
+                            HashMap::from([(KEY_COLUMNS_PROPERTY.to_string(), key.join(","))])
+                        })
+                        .unwrap_or_default(),
                 };
                 let err = match commits
                     .commit_row_delta(catalog.as_ref(), &t.table, delta)
@@ -239,6 +435,9 @@ impl SilverSink {
                         apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
                         t.pending.clear();
                         t.reset = false;
+                        if t.evolution.take().is_some() {
+                            tracing::info!(table = %t.ident, "silver schema evolved");
+                        }
                         tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
                         return Ok(());
                     }
@@ -277,6 +476,16 @@ impl SilverSink {
             }
         }
     }
+}
+
+/// The key columns recorded on `table`, if any.
+fn stored_key(table: &Table) -> Option<Vec<String>> {
+    table
+        .metadata()
+        .properties()
+        .get(KEY_COLUMNS_PROPERTY)
+        .filter(|k| !k.is_empty())
+        .map(|k| k.split(',').map(str::to_string).collect())
 }
 
 /// Paths of the live data files of `table`'s current snapshot.
@@ -340,21 +549,15 @@ struct Plan {
 
 /// Replays the pending change rows of `t` against its index: which rows die, which are new.
 fn plan(t: &SilverTable) -> Result<Plan> {
-    let n = t.source.columns.len();
-    let op_col = n + META_COLUMNS
-        .iter()
-        .position(|c| *c == OP_COLUMN)
-        .unwrap_or(0);
-    let unchanged_col = n + META_COLUMNS
-        .iter()
-        .position(|c| *c == UNCHANGED_COLUMN)
-        .unwrap_or(0);
-    let names: HashMap<&str, usize> = t
-        .source
-        .columns
+    let n = t.arrow.fields().len();
+    let (op_col, unchanged_col) = (n, n + 1);
+    // Column position of each name the table has had (renamed columns keep their field id).
+    let position_of_id: HashMap<i32, usize> = t
+        .arrow
+        .fields()
         .iter()
         .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
+        .filter_map(|(i, f)| crate::files::field_id(f).map(|id| (id, i)))
         .collect();
     let converter = key_converter(&t.key_schema)?;
     let mut p = Plan {
@@ -369,13 +572,13 @@ fn plan(t: &SilverTable) -> Result<Plan> {
     // without a live row, the row moved to a new key and unsent values come from here.
     let mut moved: Option<Cur> = None;
     for (b, batch) in t.pending.iter().enumerate() {
-        if batch.num_columns() != n + META_COLUMNS.len() {
+        if batch.num_columns() != n + 2 {
             return Err(LakehouseError::SchemaMismatch {
                 table: t.ident.to_string(),
                 message: format!(
                     "change batch has {} columns, expected {}",
                     batch.num_columns(),
-                    n + META_COLUMNS.len()
+                    n + 2
                 ),
             });
         }
@@ -447,7 +650,7 @@ fn plan(t: &SilverTable) -> Result<Plan> {
                         let cols = unchanged.value(r);
                         let cols = cols.as_string::<i32>();
                         for k in 0..cols.len() {
-                            let c = *names.get(cols.value(k)).ok_or_else(|| {
+                            let id = *t.names.get(cols.value(k)).ok_or_else(|| {
                                 LakehouseError::SchemaMismatch {
                                     table: t.ident.to_string(),
                                     message: format!(
@@ -456,6 +659,10 @@ fn plan(t: &SilverTable) -> Result<Plan> {
                                     ),
                                 }
                             })?;
+                            // A column dropped since: nothing to carry.
+                            let Some(&c) = position_of_id.get(&id) else {
+                                continue;
+                            };
                             let src = match prior.or(moved_from) {
                                 Some(Cur::Pending(i)) => p.rows[i as usize].source_of(c),
                                 Some(Cur::Committed(l)) => ColSrc::Committed(l),
@@ -576,6 +783,7 @@ async fn materialize(t: &SilverTable, plan: &Plan) -> Result<Vec<RecordBatch>> {
 /// Writes `batches` as data files of `table`, in order (row positions follow write order).
 async fn write_data(
     table: &Table,
+    schema: &iceberg::spec::SchemaRef,
     arrow: &SchemaRef,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<DataFile>> {
@@ -583,7 +791,7 @@ async fn write_data(
         return Ok(Vec::new());
     }
     let ident = table.identifier().clone();
-    let mut writer = crate::files::data_writer(table, 512 * 1024 * 1024, "")?
+    let mut writer = crate::files::data_writer(table, schema.clone(), 512 * 1024 * 1024, "")?
         .build(None)
         .await
         .map_err(LakehouseError::iceberg(&ident))?;
@@ -661,36 +869,38 @@ impl ChangeSink for SilverSink {
         for schema in tables {
             let table = self.open_table(schema).await?;
             let ident = table.identifier().clone();
-            let arrow = Arc::new(
-                iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            let current = table.metadata().current_schema().clone();
+            let arrow: SchemaRef = Arc::new(
+                iceberg::arrow::schema_to_arrow_schema(&current)
                     .map_err(LakehouseError::iceberg(&ident))?,
             );
-            let key_cols: Vec<usize> = schema
-                .key
-                .iter()
-                .map(|k| {
-                    schema
-                        .columns
-                        .iter()
-                        .position(|c| &c.name == k)
-                        .ok_or_else(|| LakehouseError::SchemaMismatch {
-                            table: ident.to_string(),
-                            message: format!("key column {k} is not a column"),
-                        })
-                })
-                .collect::<Result<_>>()?;
+            let key = stored_key(&table).unwrap_or_else(|| schema.key.clone());
+            let key_cols = key_positions(&ident, &arrow, &key)?;
             let key_schema = Arc::new(arrow.project(&key_cols)?);
             let index = PkIndex::rebuild(&table, &key_schema).await?;
+            let mut schemas: Vec<_> = table.metadata().schemas_iter().cloned().collect();
+            schemas.sort_by_key(|s| s.schema_id());
+            schemas.push(current.clone());
+            let mut names = HashMap::new();
+            for s in &schemas {
+                for f in s.as_struct().fields() {
+                    names.insert(f.name.clone(), f.id);
+                }
+            }
             out.push(read_progress(&table)?);
             self.tables.push(SilverTable {
                 ident,
                 table,
-                multi: schema.key.len() == schema.columns.len(),
-                source: schema.clone(),
+                schema: current,
+                evolution: None,
+                multi: key.len() == arrow.fields().len(),
                 arrow,
+                key,
                 key_cols,
                 key_schema,
                 index,
+                index_stale: false,
+                names,
                 pending: Vec::new(),
                 reset: false,
             });
@@ -704,14 +914,47 @@ impl ChangeSink for SilverSink {
             .get_mut(table)
             .ok_or(LakehouseError::UnknownTable(table))?;
         if batch.num_rows() > 0 {
+            let batch = conform_input(&t.ident, &batch, &t.arrow)?;
             t.pending.push(batch);
         }
         Ok(())
     }
 
+    async fn evolve(&mut self, table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef> {
+        let t = self
+            .tables
+            .get_mut(table)
+            .ok_or(LakehouseError::UnknownTable(table))?;
+        // Silver alone keeps no source column ids: columns are matched by name.
+        let bronze_like = crate::schema::evolve_schema(
+            &t.ident.to_string(),
+            &t.schema,
+            t.table
+                .metadata()
+                .last_column_id()
+                .max(t.schema.highest_field_id()),
+            &HashMap::new(),
+            schema,
+        )?;
+        if let Some(e) = bronze_like {
+            t.adopt(&e.schema, &schema.key)?;
+        }
+        // Batches carry the change-log metadata after the silver columns.
+        let meta = schema.arrow_schema()?;
+        let mut fields: Vec<_> = t.arrow.fields().iter().cloned().collect();
+        fields.extend(meta.fields().iter().skip(schema.columns.len()).cloned());
+        Ok(Arc::new(arrow::datatypes::Schema::new(fields)))
+    }
+
+    async fn stop(&mut self, table: usize) -> Result<()> {
+        self.discard(table)
+    }
+
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
         for idx in 0..self.tables.len() {
             let t = &self.tables[idx];
+            // A pending schema change alone waits for rows: committing it would move the
+            // table's source position past bronze's.
             if !t.pending.is_empty() || t.reset || mark.contains(&idx) {
                 self.commit_table(idx, lsn).await?;
                 crate::crash::point("silver.between_tables");

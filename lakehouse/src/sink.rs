@@ -1,5 +1,6 @@
 //! The seam between change capture and the lakehouse tables it feeds.
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
@@ -34,6 +35,17 @@ pub struct TableProgress {
 pub trait ChangeSink: Send {
     /// Creates each table if missing (or checks its layout) and returns its progress.
     async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>>;
+
+    /// Moves table `table` to the source layout `schema` (the source changed its columns);
+    /// the change commits atomically with the table's next commit, so a table's schema
+    /// always matches the source position it records. Returns the Arrow schema later
+    /// `write` batches must have. A change Iceberg cannot follow is
+    /// [`crate::LakehouseError::IncompatibleSchema`] and leaves the table untouched.
+    async fn evolve(&mut self, table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef>;
+
+    /// Drops what table `table` buffered since its last commit: its capture stopped, and
+    /// it stays at its last committed position.
+    async fn stop(&mut self, table: usize) -> Result<()>;
 
     /// Buffers rows for table `table` (an index into the `prepare` list).
     async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()>;
@@ -80,6 +92,14 @@ impl ChangeSink for DiscardSink {
             };
             tables.len()
         ])
+    }
+
+    async fn evolve(&mut self, _table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef> {
+        schema.arrow_schema()
+    }
+
+    async fn stop(&mut self, _table: usize) -> Result<()> {
+        Ok(())
     }
 
     async fn write(&mut self, _table: usize, batch: RecordBatch) -> Result<()> {
