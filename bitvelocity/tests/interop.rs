@@ -42,14 +42,73 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
         .await
         .unwrap();
 
+    // Schema changes: a rename, widenings past the old type's range, an added column; then
+    // rows that use them. Readers find old files' values by field id.
+    let before = silver_snapshot(&wh, "customers").await;
+    let birth_dates = id_to_text(&client, "SELECT id, birth_date::text FROM customers").await;
+    client
+        .batch_execute(
+            "ALTER TABLE customers RENAME COLUMN birth_date TO born_on;
+             ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint;
+             ALTER TABLE products ALTER COLUMN weight_kg TYPE double precision;
+             ALTER TABLE orders ADD COLUMN note text;
+             UPDATE customers SET born_on = born_on + 1 WHERE id % 4 = 0;
+             UPDATE order_items SET quantity = quantity + 3000000000 WHERE line_no = 1;
+             UPDATE products SET weight_kg = weight_kg + 0.000000001 WHERE id % 3 = 0;
+             UPDATE orders SET note = 'note ' || id WHERE id % 3 = 0;",
+        )
+        .await
+        .unwrap();
+    let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+        .await
+        .unwrap();
+    assert!(report.stopped.is_empty(), "{report:?}");
+    // Time travel to before the rename returns the old column and the old rows.
+    let cat = catalog::Warehouse::new(&wh)
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let ctx = lakehouse::query::session(cat).await.unwrap();
+    let old = lakehouse::query::run(
+        &ctx,
+        &format!("SELECT id, CAST(birth_date AS VARCHAR) FROM as_of('silver.customers', {before})"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        batches_to_map(&old),
+        birth_dates,
+        "silver.customers as of {before}"
+    );
+    let tt = wh.join("time_travel.json");
+    std::fs::write(
+        &tt,
+        format!(
+            "{{\"table\": \"customers\", \"snapshot\": {before}, \"column\": \"birth_date\", \"rows\": {}}}",
+            json_map(&birth_dates)
+        ),
+    )
+    .unwrap();
+
     let stdout = check(&python, &wh, &url);
+    assert!(
+        stdout.contains("pyiceberg time travel silver.customers")
+            && stdout.contains("duckdb    time travel silver.customers"),
+        "time travel not checked:\n{stdout}"
+    );
+    // Maintenance below expires that snapshot (it keeps the last 2): nothing to travel to then.
+    std::fs::remove_file(&tt).unwrap();
     // Both engines checked every table, in both layers.
     for engine in ["pyiceberg", "duckdb"] {
         for silver in [false, true] {
             let ok = stdout
                 .lines()
                 .filter(|l| {
-                    l.starts_with(engine) && l.contains(" silver ") == silver && l.ends_with("OK")
+                    l.starts_with(engine)
+                        && !l.contains("time travel")
+                        && l.contains(" silver ") == silver
+                        && l.ends_with("OK")
                 })
                 .count();
             assert_eq!(ok, ecommerce::TABLES.len(), "{engine}, silver: {silver}");
@@ -101,6 +160,62 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
     );
 }
 
+/// The current snapshot id of `silver.<table>`.
+async fn silver_snapshot(wh: &std::path::Path, table: &str) -> i64 {
+    let cat = catalog::Warehouse::new(wh)
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let t = cat
+        .load_table(&catalog::TableIdent::from_strs(["silver", table]).unwrap())
+        .await
+        .unwrap();
+    t.metadata().current_snapshot().unwrap().snapshot_id()
+}
+
+/// A two-column query (id, text) as a map.
+async fn id_to_text(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> std::collections::BTreeMap<i64, Option<String>> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn batches_to_map(
+    batches: &[arrow::record_batch::RecordBatch],
+) -> std::collections::BTreeMap<i64, Option<String>> {
+    use arrow::array::{Array, AsArray};
+    let mut out = std::collections::BTreeMap::new();
+    for b in batches {
+        let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        let text = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8).unwrap();
+        let text = text.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            let v = (!text.is_null(i)).then(|| text.value(i).to_string());
+            out.insert(ids.value(i), v);
+        }
+    }
+    out
+}
+
+fn json_map(m: &std::collections::BTreeMap<i64, Option<String>>) -> String {
+    let body: Vec<String> = m
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("\"{k}\": \"{v}\""),
+            None => format!("\"{k}\": null"),
+        })
+        .collect();
+    format!("{{{}}}", body.join(", "))
+}
+
 /// Runs the Python check of every table with pyiceberg and DuckDB; returns its output.
 fn check(python: &str, wh: &std::path::Path, url: &str) -> String {
     let script = concat!(
@@ -112,6 +227,8 @@ fn check(python: &str, wh: &std::path::Path, url: &str) -> String {
         .arg("--warehouse")
         .arg(wh)
         .args(["--pg", url, "--tables", &ecommerce::TABLES.join(",")])
+        .arg("--time-travel")
+        .arg(wh.join("time_travel.json"))
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

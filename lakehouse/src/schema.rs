@@ -300,6 +300,9 @@ pub fn evolve_schema(
     let mut next_id = last_column_id.max(stored.highest_field_id()) + 1;
     let mut fields = Vec::with_capacity(stored.as_struct().fields().len() + 1);
     let mut changes = Vec::new();
+    // Field id → source id; a column the stream names without a source id (the catalog
+    // moved on) keeps the one recorded for its field.
+    let mut ids: Vec<(i32, i32)> = Vec::new();
     for c in &wanted.columns {
         let by_source = c.source_id.and_then(|a| {
             source_fields
@@ -316,6 +319,12 @@ pub fn evolve_schema(
         match matched {
             Some(f) => {
                 used.insert(f.id);
+                if let Some(a) = c
+                    .source_id
+                    .or_else(|| stored_source_ids.get(&f.id).copied())
+                {
+                    ids.push((f.id, a));
+                }
                 let ty = promote(&f.field_type, &c.ty)
                     .map_err(|why| incompatible(format!("column {}: {why}", c.name)))?;
                 if f.name != c.name {
@@ -354,6 +363,9 @@ pub fn evolve_schema(
                 let ty = c.ty.to_iceberg(&mut nested);
                 next_id = nested;
                 changes.push(format!("added {}", c.name));
+                if let Some(a) = c.source_id {
+                    ids.push((id, a));
+                }
                 fields.push(Arc::new(NestedField::optional(id, &c.name, ty)));
             }
         }
@@ -381,7 +393,11 @@ pub fn evolve_schema(
         .with_fields(fields)
         .build()
         .map_err(LakehouseError::iceberg(&table))?;
-    let source_ids = source_ids_of(&schema, wanted);
+    let source_ids = ids
+        .iter()
+        .map(|(f, a)| format!("{f}:{a}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let ids_known = parse_source_ids(Some(&source_ids)) == *stored_source_ids;
     if same && ids_known {
         return Ok(None);
@@ -507,5 +523,86 @@ mod tests {
             .check_compatible(&s.iceberg_schema().unwrap())
             .unwrap_err();
         assert!(err.to_string().contains("orders"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod evolution_tests {
+    use super::*;
+
+    fn col(name: &str, ty: ColumnType, id: i32) -> SourceColumn {
+        SourceColumn {
+            name: name.into(),
+            ty,
+            source_id: Some(id),
+            backfilled: false,
+        }
+    }
+
+    fn layout(cols: Vec<SourceColumn>) -> ChangeLogSchema {
+        ChangeLogSchema {
+            source_schema: "public".into(),
+            source_table: "kv".into(),
+            key: vec!["id".into()],
+            columns: cols,
+        }
+    }
+
+    #[test]
+    fn a_rename_keeps_the_field_id_and_a_re_added_name_gets_a_new_one() {
+        let v1 = layout(vec![
+            col("id", ColumnType::Int, 1),
+            col("n", ColumnType::Int, 2),
+            col("tag", ColumnType::String, 4),
+        ]);
+        let stored = v1.iceberg_schema().unwrap();
+        let ids = parse_source_ids(Some(&source_ids_of(&stored, &v1)));
+        let last = stored.highest_field_id();
+        let v2 = layout(vec![
+            col("id", ColumnType::Int, 1),
+            col("n", ColumnType::Long, 2),
+            col("label", ColumnType::String, 4),
+            col("tag", ColumnType::String, 7),
+        ]);
+        let e = evolve_schema("kv", &stored, last, &ids, &v2)
+            .unwrap()
+            .unwrap();
+        let id_of = |n: &str| e.schema.field_by_name(n).unwrap().id;
+        assert_eq!(id_of("label"), stored.field_by_name("tag").unwrap().id);
+        assert!(id_of("tag") > last, "{:?}", e.changes);
+        assert_eq!(
+            *e.schema.field_by_name("n").unwrap().field_type,
+            Type::Primitive(PrimitiveType::Long)
+        );
+        // Meta columns keep their ids at the end.
+        assert_eq!(
+            e.schema.field_by_name(OP_COLUMN).unwrap().id,
+            stored.field_by_name(OP_COLUMN).unwrap().id
+        );
+        // Nothing to do the second time.
+        let ids2 = parse_source_ids(Some(&e.source_ids));
+        assert!(
+            evolve_schema("kv", &e.schema, last + 1, &ids2, &v2)
+                .unwrap()
+                .is_none()
+        );
+        // The stream replays an older layout whose name the catalog no longer has: no source
+        // id, matched by name, and the recorded source id survives for the later rename.
+        let mut replay = v2.clone();
+        replay.columns[2].source_id = None;
+        assert!(
+            evolve_schema("kv", &e.schema, last + 1, &ids2, &replay)
+                .unwrap()
+                .is_none()
+        );
+        // Narrowing is refused, naming the column.
+        let v3 = layout(vec![
+            col("id", ColumnType::Int, 1),
+            col("n", ColumnType::Int, 2),
+            col("label", ColumnType::String, 4),
+            col("tag", ColumnType::String, 7),
+        ]);
+        let err = evolve_schema("kv", &e.schema, last + 1, &ids2, &v3).unwrap_err();
+        assert!(err.to_string().contains("column n"), "{err}");
     }
 }
