@@ -59,6 +59,10 @@ fn bin() -> String {
 }
 
 fn ingest_cmd(url: &str, warehouse: &Path, exit: bool) -> Command {
+    ingest_cmd_batching(url, warehouse, exit, 40)
+}
+
+fn ingest_cmd_batching(url: &str, warehouse: &Path, exit: bool, batch_rows: u32) -> Command {
     let mut c = Command::new(bin());
     c.args([
         "ingest",
@@ -71,7 +75,7 @@ fn ingest_cmd(url: &str, warehouse: &Path, exit: bool) -> Command {
     .arg(warehouse)
     .args([
         "--batch-rows",
-        "40",
+        &batch_rows.to_string(),
         "--batch-interval-ms",
         "50",
         "--flush-rows",
@@ -212,6 +216,102 @@ async fn kill_9_at_every_point_loses_and_doubles_nothing() {
             "{}: bronze changes differ from the audit history (order or content)",
             t.name
         );
+    }
+}
+
+/// (crash point, which hit, schema change made before the run): mid-compaction and around
+/// commits that carry a schema change. The changes leave alone the columns the workload
+/// binds typed parameters to.
+const MAINTENANCE_CRASHES: &[(&str, u32, &str)] = &[
+    ("maintenance.after_files_written", 1, ""),
+    (
+        "maintenance.before_commit",
+        1,
+        "ALTER TABLE orders ADD COLUMN note text",
+    ),
+    ("maintenance.after_commit", 1, ""),
+    (
+        "bronze.before_catalog_commit",
+        1,
+        "ALTER TABLE orders ALTER COLUMN total TYPE numeric(16, 2)",
+    ),
+    ("maintenance.after_files_written", 3, ""),
+    (
+        "medallion.between_bronze_and_silver",
+        1,
+        "ALTER TABLE customers ALTER COLUMN tier TYPE varchar(40); ALTER TABLE payments ALTER COLUMN amount TYPE numeric(18, 2)",
+    ),
+    ("maintenance.before_commit", 4, ""),
+    (
+        "silver.before_catalog_commit",
+        1,
+        "ALTER TABLE orders DROP COLUMN note",
+    ),
+    (
+        "silver.after_catalog_commit",
+        2,
+        "ALTER TABLE orders ADD COLUMN note varchar(20)",
+    ),
+    ("maintenance.after_commit", 3, ""),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_compaction_and_across_schema_changes_loses_nothing() {
+    let (_pg, url) = common::start_pg("shop").await;
+    let client = common::connect(&url).await;
+    ecommerce::create_schema(&client).await.unwrap();
+    workload(&url, 1, 100, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let maintained = |c: &mut Command| {
+        c.args(["--maintain-every", "1", "--min-small-files", "2"]);
+    };
+    // The initial copy first, so every crashing run has streamed changes to commit and compact.
+    let out = ingest_cmd(&url, &wh, true).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, (point, nth, ddl)) in MAINTENANCE_CRASHES.iter().enumerate() {
+        workload(&url, 200 + i as u64, 30, true).await;
+        if !ddl.is_empty() {
+            client.batch_execute(ddl).await.unwrap();
+            // Rows that use the new layout.
+            client
+                .batch_execute(
+                    "UPDATE orders SET total = total + 1 WHERE id % 5 = 0;
+                     UPDATE order_items SET quantity = quantity + 1 WHERE line_no = 1 AND order_id % 4 = 0;
+                     UPDATE products SET stock = stock + 1 WHERE id % 6 = 0;",
+                )
+                .await
+                .unwrap();
+        }
+        let mut cmd = ingest_cmd_batching(&url, &wh, true, 300);
+        maintained(&mut cmd);
+        let out = cmd
+            .env("BITVELOCITY_CRASH_AT", format!("{point}:{nth}"))
+            .output()
+            .expect("run ingester");
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "run {i}: crash point {point}:{nth} was not reached (status {:?}); stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut cmd = ingest_cmd(&url, &wh, true);
+    maintained(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "final run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in &common::tables(&client, ecommerce::PUBLICATION).await {
+        common::assert_bronze_matches(&client, &wh, t).await;
+        common::assert_silver_matches(&client, &wh, t).await;
     }
 }
 
