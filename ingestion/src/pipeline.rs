@@ -232,7 +232,12 @@ impl<S: ChangeSink> Ingester<S> {
     /// Runs until caught up (if configured) or until `shutdown` turns true.
     pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
         self.metrics.set_phase(IngestPhase::Starting);
-        let result = self.run_inner(shutdown).await;
+        let mut result = self.run_inner(shutdown).await;
+        if result.is_ok()
+            && let Err(e) = self.sink.close().await
+        {
+            result = Err(e.into());
+        }
         self.metrics.set_phase(if result.is_ok() {
             IngestPhase::Stopped
         } else {

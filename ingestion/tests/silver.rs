@@ -215,6 +215,94 @@ async fn schema_changes_evolve_bronze_and_silver_without_a_restart() {
     }
 }
 
+/// One caught-up ingest run; returns whether each table's index came from its checkpoint.
+async fn run_reporting_index(url: &str, wh: &Path) -> Vec<bool> {
+    let mut cfg = ingestion::IngestConfig::new(url, "p");
+    cfg.exit_when_caught_up = true;
+    let w = catalog::Warehouse::new(wh).unwrap();
+    let sink = lakehouse::MedallionSink::new(
+        w.open_catalog().await.unwrap(),
+        w.commit_path().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut ing = ingestion::Ingester::new(cfg, sink);
+    ing.run(watch::channel(false).1).await.unwrap();
+    let sink = ing.into_sink();
+    (0..2)
+        .map(|i| sink.silver().index_from_checkpoint(i).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_key_index_survives_a_restart_and_is_rebuilt_when_lost_or_stale() {
+    let (_pg, url) = start_pg("index").await;
+    let client = connect(&url).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    seed(&client, &mut rng, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut next_id, mut deleted) = (300, Vec::new());
+    macro_rules! changes {
+        ($n:expr) => {
+            for _ in 0..$n {
+                random_txn(&client, &mut rng, &mut next_id, &mut deleted).await;
+            }
+        };
+    }
+    let checkpoint = dir.path().join("silver/kv/bitvelocity-index/pk.arrow");
+    // First run: nothing to load. A clean stop checkpoints the index.
+    assert_eq!(run_reporting_index(&url, dir.path()).await, [false, false]);
+    assert!(
+        checkpoint.exists(),
+        "no checkpoint at {}",
+        checkpoint.display()
+    );
+    changes!(30);
+    // Restart: loaded, and the changes applied through it are right.
+    assert!(
+        run_reporting_index(&url, dir.path()).await[0],
+        "checkpoint not loaded"
+    );
+    check_all(&client, dir.path()).await;
+    // An unreadable checkpoint is rebuilt from the table.
+    std::fs::write(&checkpoint, b"not an arrow file").unwrap();
+    changes!(30);
+    assert!(
+        !run_reporting_index(&url, dir.path()).await[0],
+        "bad checkpoint used"
+    );
+    check_all(&client, dir.path()).await;
+    // A checkpoint of an older snapshot is never used.
+    let old = std::fs::read(&checkpoint).unwrap();
+    changes!(30);
+    assert!(
+        run_reporting_index(&url, dir.path()).await[0],
+        "checkpoint not loaded"
+    );
+    std::fs::write(&checkpoint, old).unwrap();
+    changes!(30);
+    assert!(
+        !run_reporting_index(&url, dir.path()).await[0],
+        "bad checkpoint used"
+    );
+    check_all(&client, dir.path()).await;
+    // Orphan removal leaves it alone.
+    let w = catalog::Warehouse::new(dir.path()).unwrap();
+    let opts = MaintenanceOptions {
+        orphan_older_than: Duration::ZERO,
+        ..MaintenanceOptions::default()
+    };
+    maintain_warehouse(
+        w.open_catalog().await.unwrap().as_ref(),
+        &w.commit_path().await.unwrap(),
+        None,
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert!(checkpoint.exists());
+}
+
 #[tokio::test]
 async fn randomized_workload_matches_postgres_after_every_batch() {
     let (_pg, url) = start_pg("random").await;

@@ -506,6 +506,9 @@ pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usiz
                 .metadata()
                 .map_err(|e| LakehouseError::Corrupt(format!("{}: {e}", path.display())))?;
             if md.is_dir() {
+                if path.file_name() == Some(std::ffi::OsStr::new(crate::pk_index::INDEX_DIR)) {
+                    continue; // silver's index checkpoint: not table data
+                }
                 stack.push(path);
                 continue;
             }

@@ -302,6 +302,10 @@ impl ChangeSink for MedallionSink {
         Ok(arrow)
     }
 
+    async fn close(&mut self) -> Result<()> {
+        self.silver.checkpoint_indexes().await
+    }
+
     async fn stop(&mut self, table: usize) -> Result<()> {
         self.bronze.discard(table).await?;
         self.silver.discard(table)?;

@@ -1,14 +1,18 @@
 //! The primary-key index of a silver table: where each key's live row sits.
 //!
 //! An update or delete must name the old row as (data file, position) for a position
-//! delete (ADR 0005). The index is a cache of the table: it is rebuilt from the committed
-//! files (key columns of every live data file minus the positions every live delete file
-//! removes) whenever it is missing or does not match the table's current snapshot.
+//! delete (ADR 0005). The index is a cache of the table: checkpointed next to it (an Arrow
+//! IPC file under `<table>/bitvelocity-index/`, tagged with the snapshot it describes) so a
+//! restart loads it instead of reading every key, and rebuilt from the committed files (key
+//! columns of every live data file minus the positions every live delete file removes)
+//! whenever the checkpoint is missing, unreadable or of another snapshot or key.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::{AsArray, BinaryArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use iceberg::table::Table;
 
@@ -38,12 +42,18 @@ pub struct PkIndex {
     file_ids: HashMap<Arc<str>, u32>,
     map: HashMap<Box<[u8]>, Locs>,
     rows: usize,
+    from_checkpoint: bool,
 }
 
 impl PkIndex {
     /// Number of live rows indexed.
     pub fn len(&self) -> usize {
         self.rows
+    }
+
+    /// Whether this index was loaded from its checkpoint rather than rebuilt from the table.
+    pub fn from_checkpoint(&self) -> bool {
+        self.from_checkpoint
     }
 
     /// Whether no row is indexed.
@@ -158,6 +168,200 @@ impl PkIndex {
         }
         tracing::debug!(table = %name, rows = index.len(), files = data_files.len(), deletes = delete_files.len(), "rebuilt primary-key index");
         Ok(index)
+    }
+}
+
+/// Folder, under a silver table's location, of its index checkpoint; not table data, so
+/// orphan removal leaves it alone.
+pub const INDEX_DIR: &str = "bitvelocity-index";
+const CHECKPOINT_FILE: &str = "pk.arrow";
+const META_SNAPSHOT: &str = "bitvelocity.snapshot-id";
+const META_KEY: &str = "bitvelocity.key";
+const META_FILES: &str = "bitvelocity.files";
+
+/// Identifies a key layout: an index built for other key columns or types is not reused.
+fn key_fingerprint(key_schema: &SchemaRef) -> String {
+    key_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{}:{}",
+                f.name(),
+                f.data_type(),
+                crate::files::field_id(f).unwrap_or(-1)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn checkpoint_path(table: &Table) -> String {
+    format!(
+        "{}/{INDEX_DIR}/{CHECKPOINT_FILE}",
+        table.metadata().location().trim_end_matches('/')
+    )
+}
+
+impl PkIndex {
+    /// Loads the checkpoint of `table` if it describes its current snapshot and `key_schema`,
+    /// else rebuilds from the table's files.
+    pub async fn open(table: &Table, key_schema: &SchemaRef) -> Result<Self> {
+        match Self::load(table, key_schema).await {
+            Ok(Some(mut index)) => {
+                index.from_checkpoint = true;
+                tracing::debug!(table = %table.identifier(), rows = index.len(), "loaded primary-key index checkpoint");
+                Ok(index)
+            }
+            Ok(None) => Self::rebuild(table, key_schema).await,
+            Err(e) => {
+                tracing::warn!(table = %table.identifier(), error = %e, "unreadable primary-key index checkpoint; rebuilding from the table");
+                Self::rebuild(table, key_schema).await
+            }
+        }
+    }
+
+    async fn load(table: &Table, key_schema: &SchemaRef) -> Result<Option<Self>> {
+        let Some(snapshot) = table.metadata().current_snapshot() else {
+            return Ok(None);
+        };
+        let path = checkpoint_path(table);
+        let file_io = table.file_io();
+        if !file_io
+            .exists(&path)
+            .await
+            .map_err(LakehouseError::iceberg(&path))?
+        {
+            return Ok(None);
+        }
+        let bytes = file_io
+            .new_input(&path)
+            .map_err(LakehouseError::iceberg(&path))?
+            .read()
+            .await
+            .map_err(LakehouseError::iceberg(&path))?;
+        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let meta = reader.schema().metadata().clone();
+        if meta.get(META_SNAPSHOT) != Some(&snapshot.snapshot_id().to_string())
+            || meta.get(META_KEY) != Some(&key_fingerprint(key_schema))
+        {
+            return Ok(None);
+        }
+        let mut index = PkIndex::default();
+        for path in meta
+            .get(META_FILES)
+            .map(|f| f.split('\n').filter(|p| !p.is_empty()).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            index.file_id(path);
+        }
+        for batch in reader {
+            let batch = batch?;
+            let keys = batch.column(0).as_binary::<i32>();
+            let files = batch.column(1).as_primitive::<UInt32Type>();
+            let positions = batch.column(2).as_primitive::<UInt32Type>();
+            for i in 0..batch.num_rows() {
+                let file = files.value(i);
+                if file as usize >= index.files.len() {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{path}: file number {file} beyond its file list"
+                    )));
+                }
+                index.push(
+                    keys.value(i),
+                    Loc {
+                        file,
+                        pos: positions.value(i),
+                    },
+                );
+            }
+        }
+        Ok(Some(index))
+    }
+
+    /// Writes the index as the checkpoint of `table` at its current snapshot (which the
+    /// index must describe). A crash mid-write leaves an unreadable file: rebuilt on open.
+    pub async fn checkpoint(&self, table: &Table, key_schema: &SchemaRef) -> Result<()> {
+        let Some(snapshot) = table.metadata().current_snapshot() else {
+            return Ok(());
+        };
+        let bytes = self.encode(snapshot.snapshot_id(), key_schema)?;
+        let path = checkpoint_path(table);
+        table
+            .file_io()
+            .new_output(&path)
+            .map_err(LakehouseError::iceberg(&path))?
+            .write(bytes.into())
+            .await
+            .map_err(LakehouseError::iceberg(&path))?;
+        tracing::debug!(table = %table.identifier(), rows = self.len(), "checkpointed primary-key index");
+        Ok(())
+    }
+
+    fn encode(&self, snapshot_id: i64, key_schema: &SchemaRef) -> Result<Vec<u8>> {
+        let metadata = HashMap::from([
+            (META_SNAPSHOT.to_string(), snapshot_id.to_string()),
+            (META_KEY.to_string(), key_fingerprint(key_schema)),
+            (
+                META_FILES.to_string(),
+                self.files
+                    .iter()
+                    .map(|f| f.as_ref())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        ]);
+        let schema = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new("key", DataType::Binary, false),
+                Field::new("file", DataType::UInt32, false),
+                Field::new("pos", DataType::UInt32, false),
+            ],
+            metadata,
+        ));
+        let mut out = Vec::new();
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut out, &schema)?;
+        const CHUNK: usize = 64 * 1024;
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(CHUNK);
+        let mut files: Vec<u32> = Vec::with_capacity(CHUNK);
+        let mut positions: Vec<u32> = Vec::with_capacity(CHUNK);
+        let flush = |keys: &mut Vec<&[u8]>,
+                     files: &mut Vec<u32>,
+                     positions: &mut Vec<u32>,
+                     writer: &mut arrow::ipc::writer::FileWriter<&mut Vec<u8>>|
+         -> Result<()> {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(BinaryArray::from_vec(std::mem::take(keys))),
+                    Arc::new(UInt32Array::from(std::mem::take(files))),
+                    Arc::new(UInt32Array::from(std::mem::take(positions))),
+                ],
+            )?;
+            writer.write(&batch)?;
+            Ok(())
+        };
+        for (key, locs) in &self.map {
+            let locs: &[Loc] = match locs {
+                Locs::One(l) => std::slice::from_ref(l),
+                Locs::Many(v) => v,
+            };
+            for l in locs {
+                keys.push(key);
+                files.push(l.file);
+                positions.push(l.pos);
+            }
+            if keys.len() >= CHUNK {
+                flush(&mut keys, &mut files, &mut positions, &mut writer)?;
+            }
+        }
+        flush(&mut keys, &mut files, &mut positions, &mut writer)?;
+        writer.finish()?;
+        drop(writer);
+        Ok(out)
     }
 }
 

@@ -34,6 +34,8 @@ pub const SILVER_NAMESPACE: &str = "silver";
 
 /// How many times a commit that lost a race is retried on the new table state.
 const MAX_COMMIT_ATTEMPTS: usize = 100;
+/// How often a changing table's primary-key index is checkpointed (also at a clean stop).
+const INDEX_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Rows per output batch when assembling new row versions.
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
 
@@ -58,6 +60,10 @@ struct SilverTable {
     /// Every column name the table has had, newest meaning last: resolves the names in
     /// `_unchanged_cols` of rows written before a rename.
     names: HashMap<String, i32>,
+    /// When the index was last checkpointed (or loaded, or rebuilt).
+    checkpointed: std::time::Instant,
+    /// The index changed since its last checkpoint.
+    dirty: bool,
     /// Pending change rows: the silver columns (in `arrow`'s layout), then `_op` and `_unchanged_cols`.
     pending: Vec<RecordBatch>,
     /// The next commit first drops every file (the source table is being copied afresh).
@@ -284,7 +290,7 @@ impl SilverSink {
             .load_table(&t.ident)
             .await
             .map_err(LakehouseError::iceberg(&t.ident))?;
-        t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+        t.index = PkIndex::open(&t.table, &t.key_schema).await?;
         Ok(())
     }
 
@@ -293,9 +299,22 @@ impl SilverSink {
         self.tables.get(idx).map(|t| &t.ident)
     }
 
+    /// Whether table `idx`'s index was loaded from its checkpoint at the last (re)open.
+    pub fn index_from_checkpoint(&self, idx: usize) -> Option<bool> {
+        self.tables.get(idx).map(|t| t.index.from_checkpoint())
+    }
+
     /// Live rows of table `idx` according to its primary-key index.
     pub fn indexed_rows(&self, idx: usize) -> Option<usize> {
         self.tables.get(idx).map(|t| t.index.len())
+    }
+
+    /// Checkpoints every index that changed since its last checkpoint (at a clean stop).
+    pub async fn checkpoint_indexes(&mut self) -> Result<()> {
+        for t in self.tables.iter_mut().filter(|t| t.dirty) {
+            checkpoint(t).await?;
+        }
+        Ok(())
     }
 
     /// Moves table `idx` to the silver form of `bronze` with `key`, committed with its next commit.
@@ -435,6 +454,10 @@ impl SilverSink {
                         apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
                         t.pending.clear();
                         t.reset = false;
+                        t.dirty = true;
+                        if t.checkpointed.elapsed() >= INDEX_CHECKPOINT_INTERVAL {
+                            checkpoint(t).await?;
+                        }
                         if t.evolution.take().is_some() {
                             tracing::info!(table = %t.ident, "silver schema evolved");
                         }
@@ -476,6 +499,17 @@ impl SilverSink {
             }
         }
     }
+}
+
+/// Writes the index of `t` as the checkpoint of its current snapshot.
+async fn checkpoint(t: &mut SilverTable) -> Result<()> {
+    if t.index_stale || !t.pending.is_empty() {
+        return Ok(()); // the index does not describe the committed snapshot
+    }
+    t.index.checkpoint(&t.table, &t.key_schema).await?;
+    t.checkpointed = std::time::Instant::now();
+    t.dirty = false;
+    Ok(())
 }
 
 /// The key columns recorded on `table`, if any.
@@ -877,7 +911,7 @@ impl ChangeSink for SilverSink {
             let key = stored_key(&table).unwrap_or_else(|| schema.key.clone());
             let key_cols = key_positions(&ident, &arrow, &key)?;
             let key_schema = Arc::new(arrow.project(&key_cols)?);
-            let index = PkIndex::rebuild(&table, &key_schema).await?;
+            let index = PkIndex::open(&table, &key_schema).await?;
             let mut schemas: Vec<_> = table.metadata().schemas_iter().cloned().collect();
             schemas.sort_by_key(|s| s.schema_id());
             schemas.push(current.clone());
@@ -900,6 +934,8 @@ impl ChangeSink for SilverSink {
                 key_schema,
                 index,
                 index_stale: false,
+                checkpointed: std::time::Instant::now(),
+                dirty: false,
                 names,
                 pending: Vec::new(),
                 reset: false,
@@ -948,6 +984,10 @@ impl ChangeSink for SilverSink {
 
     async fn stop(&mut self, table: usize) -> Result<()> {
         self.discard(table)
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.checkpoint_indexes().await
     }
 
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {

@@ -47,6 +47,12 @@ pub trait ChangeSink: Send {
     /// it stays at its last committed position.
     async fn stop(&mut self, table: usize) -> Result<()>;
 
+    /// Called once after a clean stop (everything committed): persists what speeds up the
+    /// next start (silver's key indexes).
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Buffers rows for table `table` (an index into the `prepare` list).
     async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()>;
 
