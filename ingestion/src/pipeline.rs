@@ -148,6 +148,13 @@ impl IngestMetrics {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
+    /// Records that `table`'s capture stopped, and why.
+    pub fn record_stopped(&self, table: &str, reason: &str) {
+        if let Ok(mut s) = self.stopped.lock() {
+            s.push((table.to_string(), reason.to_string()));
+        }
+    }
+
     /// Tables whose capture stopped (an incompatible schema change), with the reason.
     pub fn stopped_tables(&self) -> Vec<(String, String)> {
         self.stopped.lock().map(|v| v.clone()).unwrap_or_default()
@@ -743,9 +750,7 @@ impl<S: ChangeSink> Ingester<S> {
             drop(st.buf.finish()?);
         }
         self.sink.stop(i).await?;
-        if let Ok(mut s) = self.metrics.stopped.lock() {
-            s.push((st.source.qualified(), reason.clone()));
-        }
+        self.metrics.record_stopped(&st.source.qualified(), &reason);
         st.stopped = Some(reason);
         Ok(())
     }

@@ -34,8 +34,6 @@ pub const SILVER_NAMESPACE: &str = "silver";
 
 /// How many times a commit that lost a race is retried on the new table state.
 const MAX_COMMIT_ATTEMPTS: usize = 100;
-/// How often a changing table's primary-key index is checkpointed (also at a clean stop).
-const INDEX_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Rows per output batch when assembling new row versions.
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
 
@@ -60,8 +58,6 @@ struct SilverTable {
     /// Every column name the table has had, newest meaning last: resolves the names in
     /// `_unchanged_cols` of rows written before a rename.
     names: HashMap<String, i32>,
-    /// When the index was last checkpointed (or loaded, or rebuilt).
-    checkpointed: std::time::Instant,
     /// The index changed since its last checkpoint.
     dirty: bool,
     /// Pending change rows: the silver columns (in `arrow`'s layout), then `_op` and `_unchanged_cols`.
@@ -454,10 +450,9 @@ impl SilverSink {
                         apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
                         t.pending.clear();
                         t.reset = false;
+                        // Checkpointed at a clean stop only: any later commit makes a
+                        // checkpoint stale, so one written mid-run would not survive a crash.
                         t.dirty = true;
-                        if t.checkpointed.elapsed() >= INDEX_CHECKPOINT_INTERVAL {
-                            checkpoint(t).await?;
-                        }
                         if t.evolution.take().is_some() {
                             tracing::info!(table = %t.ident, "silver schema evolved");
                         }
@@ -507,7 +502,6 @@ async fn checkpoint(t: &mut SilverTable) -> Result<()> {
         return Ok(()); // the index does not describe the committed snapshot
     }
     t.index.checkpoint(&t.table, &t.key_schema).await?;
-    t.checkpointed = std::time::Instant::now();
     t.dirty = false;
     Ok(())
 }
@@ -934,7 +928,6 @@ impl ChangeSink for SilverSink {
                 key_schema,
                 index,
                 index_stale: false,
-                checkpointed: std::time::Instant::now(),
                 dirty: false,
                 names,
                 pending: Vec::new(),

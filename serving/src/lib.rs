@@ -65,12 +65,18 @@ async fn health(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
         IngestPhase::Starting | IngestPhase::Copying | IngestPhase::Streaming => StatusCode::OK,
         IngestPhase::Stopped | IngestPhase::Failed => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let body = format!(
-        "{{\"phase\":\"{}\",\"changes\":{},\"confirmed_lsn\":{}}}",
-        phase.as_str(),
-        m.changes.load(Relaxed),
-        m.confirmed_lsn.load(Relaxed)
-    );
+    let stopped: Vec<serde_json::Value> = m
+        .stopped_tables()
+        .into_iter()
+        .map(|(table, reason)| serde_json::json!({ "table": table, "reason": reason }))
+        .collect();
+    let body = serde_json::json!({
+        "phase": phase.as_str(),
+        "changes": m.changes.load(Relaxed),
+        "confirmed_lsn": m.confirmed_lsn.load(Relaxed),
+        "stopped_tables": stopped,
+    })
+    .to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -78,7 +84,7 @@ async fn health(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
 /// series; a metrics registry crate would add more than it saves here).
 async fn prometheus(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
     let up = matches!(m.phase(), IngestPhase::Copying | IngestPhase::Streaming);
-    let series: [(&str, &str, &str, f64); 8] = [
+    let series: [(&str, &str, &str, f64); 9] = [
         (
             "snapshot_rows_total",
             "counter",
@@ -120,6 +126,12 @@ async fn prometheus(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
             "gauge",
             "Commit time of the newest source transaction visible in the lakehouse (Unix seconds).",
             m.last_commit_ts.load(Relaxed) as f64 / 1e6,
+        ),
+        (
+            "tables_stopped",
+            "gauge",
+            "Tables whose ingest stopped on an incompatible schema change.",
+            m.stopped_tables().len() as f64,
         ),
         (
             "up",
@@ -170,6 +182,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bitvelocity_ingest_up 1"), "{text}");
+        assert!(
+            text.contains("bitvelocity_ingest_tables_stopped 0"),
+            "{text}"
+        );
+        m.record_stopped("public.s", "incompatible schema change of public.s: \"v\"");
+        let (status, body) = get_text(ops_router(m.clone()), "/health").await;
+        assert_eq!(status, StatusCode::OK, "other tables go on");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["stopped_tables"][0]["table"], "public.s", "{body}");
+        let (_, text) = get_text(ops_router(m.clone()), "/metrics").await;
+        assert!(
+            text.contains("bitvelocity_ingest_tables_stopped 1"),
+            "{text}"
+        );
         m.set_phase(IngestPhase::Failed);
         let (status, _) = get_text(ops_router(m), "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
