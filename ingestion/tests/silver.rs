@@ -304,6 +304,73 @@ async fn the_key_index_survives_a_restart_and_is_rebuilt_when_lost_or_stale() {
 }
 
 #[tokio::test]
+async fn a_large_file_read_in_row_group_pieces_applies_its_deletes_exactly() {
+    let (_pg, url) = start_pg("pieces").await;
+    let client = connect(&url).await;
+    // 300,000 rows of 96 pseudo-random hex characters: one data file of several row groups,
+    // big enough that the parallel scan reads it as more than one piece.
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v text NOT NULL);
+             CREATE PUBLICATION p FOR TABLE big;
+             INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text)
+               FROM generate_series(1, 300000) g;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    // Deletes and updates spread over the whole file (every row group gets position deletes).
+    client
+        .batch_execute(
+            "DELETE FROM big WHERE id % 97 = 0;
+             UPDATE big SET v = 'changed' WHERE id % 89 = 0;",
+        )
+        .await
+        .unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    let wh = catalog::Warehouse::new(dir.path()).unwrap();
+    let ctx = lakehouse::query::session(wh.open_catalog().await.unwrap())
+        .await
+        .unwrap();
+    let sql = "SELECT count(*), sum(id), sum(length(v)), count(*) FILTER (WHERE v = 'changed') FROM silver.big";
+    let plan = lakehouse::query::run(&ctx, &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap();
+    let plan = arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    let pieces: usize = plan
+        .split("pieces=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no parallel scan in the plan:\n{plan}"));
+    assert!(
+        pieces >= 3,
+        "the large file was not split (pieces={pieces}):\n{plan}"
+    );
+    let got = lakehouse::query::run(&ctx, sql).await.unwrap();
+    let got = arrow::util::pretty::pretty_format_batches(&got)
+        .unwrap()
+        .to_string();
+    let want = client
+        .query_one(
+            "SELECT count(*), sum(id)::int8, sum(length(v))::int8, count(*) FILTER (WHERE v = 'changed') FROM big",
+            &[],
+        )
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let v: i64 = want.get(i);
+        assert!(
+            got.contains(&format!(" {v} ")),
+            "column {i}: PostgreSQL says {v}, silver:\n{got}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn randomized_workload_matches_postgres_after_every_batch() {
     let (_pg, url) = start_pg("random").await;
     let client = connect(&url).await;

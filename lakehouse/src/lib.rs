@@ -16,6 +16,7 @@ pub mod maintenance;
 pub mod medallion;
 pub mod pk_index;
 pub mod query;
+pub mod scan;
 pub mod schema;
 pub mod silver;
 pub mod sink;

@@ -16,7 +16,9 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionConfig;
 use iceberg::spec::SnapshotRef;
 use iceberg::table::Table;
-use iceberg_datafusion::{IcebergCatalogProvider, IcebergStaticTableProvider};
+use iceberg_datafusion::IcebergCatalogProvider;
+
+use crate::scan::ParallelTable;
 
 use crate::bronze::BRONZE_NAMESPACE;
 use crate::medallion::CONSISTENT_LSN_PROPERTY;
@@ -64,7 +66,29 @@ async fn open(
         }),
     );
     if !consistent {
-        ctx.register_catalog(CATALOG_NAME, Arc::new(provider));
+        // Bronze and silver through the parallel scan, at the snapshot current now; any
+        // other namespace through iceberg-datafusion.
+        let current = MemoryCatalogProvider::new();
+        for name in provider.schema_names() {
+            if name == BRONZE_NAMESPACE || name == SILVER_NAMESPACE {
+                continue;
+            }
+            if let Some(schema) = provider.schema(&name) {
+                current.register_schema(&name, schema)?;
+            }
+        }
+        for ns in [BRONZE_NAMESPACE, SILVER_NAMESPACE] {
+            let schema = Arc::new(MemorySchemaProvider::new());
+            for (name, table) in tables.iter() {
+                if let Some(short) = name.strip_prefix(ns).and_then(|n| n.strip_prefix('.')) {
+                    let p = ParallelTable::try_new(table.clone(), None)
+                        .map_err(LakehouseError::iceberg(name))?;
+                    schema.register_table(short.to_string(), Arc::new(p))?;
+                }
+            }
+            current.register_schema(ns, schema)?;
+        }
+        ctx.register_catalog(CATALOG_NAME, Arc::new(current));
         return Ok((ctx, None));
     }
     let ns = NamespaceIdent::new(SILVER_NAMESPACE.to_string());
@@ -112,8 +136,7 @@ async fn open(
                 "{name} has no snapshot at or before position {lsn}; retry once ingest has committed it"
             ))
         })?;
-        let p = IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot)
-            .await
+        let p = ParallelTable::try_new(table.clone(), Some(snapshot))
             .map_err(LakehouseError::iceberg(name))?;
         silver.register_table(short.to_string(), Arc::new(p))?;
     }
@@ -226,10 +249,8 @@ impl TableFunctionImpl for AsOf {
             }
             _ => return Err(usage()),
         };
-        let provider = futures::executor::block_on(
-            IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), snapshot),
-        )
-        .map_err(|e| datafusion::error::DataFusionError::Plan(format!("as_of: {name}: {e}")))?;
+        let provider = ParallelTable::try_new(table.clone(), Some(snapshot))
+            .map_err(|e| datafusion::error::DataFusionError::Plan(format!("as_of: {name}: {e}")))?;
         Ok(Arc::new(provider))
     }
 }
