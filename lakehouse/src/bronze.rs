@@ -213,18 +213,7 @@ impl BronzeSink {
                     // Appends never conflict with a rewrite: retry on the new base.
                     tracing::debug!(table = %t.ident, attempt, error = %e, "bronze commit lost a race; retrying");
                     tokio::time::sleep(crate::silver::retry_pause(attempt)).await;
-                    t.table = catalog
-                        .load_table(&t.ident)
-                        .await
-                        .map_err(LakehouseError::iceberg(&t.ident))?;
-                    if let Some(theirs) = read_progress(&t.table)?.source_lsn
-                        && theirs >= lsn
-                    {
-                        return Err(LakehouseError::Corrupt(format!(
-                            "{}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?",
-                            t.ident
-                        )));
-                    }
+                    t.table = reload_behind(catalog.as_ref(), &t.ident, lsn).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -356,6 +345,27 @@ impl BronzeSink {
     pub fn ident(&self, idx: usize) -> Option<&TableIdent> {
         self.tables.get(idx).map(|t| &t.ident)
     }
+}
+
+/// Reloads a table whose commit lost a race, failing if the winner already committed source
+/// position `lsn` or later: only a second ingester would, and both must not write.
+pub(crate) async fn reload_behind(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    lsn: u64,
+) -> Result<Table> {
+    let table = catalog
+        .load_table(ident)
+        .await
+        .map_err(LakehouseError::iceberg(ident))?;
+    if let Some(theirs) = read_progress(&table)?.source_lsn
+        && theirs >= lsn
+    {
+        return Err(LakehouseError::Corrupt(format!(
+            "{ident}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?"
+        )));
+    }
+    Ok(table)
 }
 
 /// Reads the source position recorded by the table's current snapshot.

@@ -466,18 +466,7 @@ impl SilverSink {
                 // can invalidate the plan, by removing files its positions point into.
                 tokio::time::sleep(retry_pause(attempt)).await;
                 let before = live_data_paths(&t.table).await?;
-                t.table = catalog
-                    .load_table(&t.ident)
-                    .await
-                    .map_err(LakehouseError::iceberg(&t.ident))?;
-                if let Some(theirs) = read_progress(&t.table)?.source_lsn
-                    && theirs >= lsn
-                {
-                    return Err(LakehouseError::Corrupt(format!(
-                        "{}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?",
-                        t.ident
-                    )));
-                }
+                t.table = crate::bronze::reload_behind(catalog.as_ref(), &t.ident, lsn).await?;
                 let after = live_data_paths(&t.table).await?;
                 if before.is_subset(&after) {
                     tracing::debug!(table = %t.ident, attempt, error = %err, "silver commit lost a race; retrying on the new base");
