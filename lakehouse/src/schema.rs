@@ -382,10 +382,22 @@ fn promote(from: &Type, to: &ColumnType) -> std::result::Result<Type, String> {
     if type_shape(from) == type_shape(&want) {
         return Ok(from.clone());
     }
+    if widens(from, &want) {
+        return Ok(want);
+    }
+    Err(format!(
+        "type {} cannot become {} (only int→long, float→double and wider decimals keep old files readable)",
+        type_shape(from),
+        type_shape(&want)
+    ))
+}
+
+/// Whether Iceberg lets a column of type `from` become `to` (old files stay readable).
+pub(crate) fn widens(from: &Type, to: &Type) -> bool {
     use PrimitiveType as P;
-    match (from, &want) {
+    match (from, to) {
         (Type::Primitive(P::Int), Type::Primitive(P::Long))
-        | (Type::Primitive(P::Float), Type::Primitive(P::Double)) => Ok(want),
+        | (Type::Primitive(P::Float), Type::Primitive(P::Double)) => true,
         (
             Type::Primitive(P::Decimal {
                 precision: p1,
@@ -395,12 +407,8 @@ fn promote(from: &Type, to: &ColumnType) -> std::result::Result<Type, String> {
                 precision: p2,
                 scale: s2,
             }),
-        ) if s1 == s2 && p2 >= p1 => Ok(want),
-        _ => Err(format!(
-            "type {} cannot become {} (only int→long, float→double and wider decimals keep old files readable)",
-            type_shape(from),
-            type_shape(&want)
-        )),
+        ) => s1 == s2 && p2 >= p1,
+        _ => false,
     }
 }
 

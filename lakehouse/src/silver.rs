@@ -113,7 +113,7 @@ impl SilverTable {
                 );
                 if was == now {
                     field.field_type = old.field_type.clone();
-                } else if !widens(&old.field_type, &f.field_type) {
+                } else if !crate::schema::widens(&old.field_type, &f.field_type) {
                     return Err(LakehouseError::IncompatibleSchema {
                         table: name,
                         change: format!("column {}: type {was} cannot become {now}", f.name),
@@ -135,26 +135,6 @@ impl SilverTable {
         self.set_layout(target, key.to_vec())?;
         self.evolution = Some(key.to_vec());
         Ok(())
-    }
-}
-
-/// Whether Iceberg lets a column of type `from` become `to`.
-fn widens(from: &iceberg::spec::Type, to: &iceberg::spec::Type) -> bool {
-    use iceberg::spec::{PrimitiveType as P, Type as T};
-    match (from, to) {
-        (T::Primitive(P::Int), T::Primitive(P::Long))
-        | (T::Primitive(P::Float), T::Primitive(P::Double)) => true,
-        (
-            T::Primitive(P::Decimal {
-                precision: p1,
-                scale: s1,
-            }),
-            T::Primitive(P::Decimal {
-                precision: p2,
-                scale: s2,
-            }),
-        ) => s1 == s2 && p2 >= p1,
-        _ => false,
     }
 }
 
