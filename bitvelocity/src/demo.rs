@@ -200,18 +200,29 @@ fn status_rows(batches: &[arrow::record_batch::RecordBatch]) -> Result<Vec<(Stri
     Ok(out)
 }
 
-/// Empties the demo warehouse, refusing to touch a directory that is not one.
+/// Marks a folder the demo created, so a later run may empty it (and nothing else).
+const DEMO_MARKER: &str = ".bitvelocity-demo";
+
+/// Empties a warehouse an earlier demo created; refuses any other non-empty folder (a
+/// warehouse the user made with `ingest` included), then creates and marks the folder.
 fn prepare_warehouse(dir: &Path) -> Result<()> {
     if dir.exists() {
-        let is_warehouse = dir.join("catalog.db").exists();
+        let made_by_demo = dir.join(DEMO_MARKER).exists();
         let is_empty = std::fs::read_dir(dir)?.next().is_none();
-        if !is_warehouse && !is_empty {
+        if !made_by_demo && !is_empty {
             bail!(
-                "{} exists and is not a BitVelocity warehouse; choose another --warehouse",
+                "{} exists and was not created by the demo; choose another --warehouse (the demo empties its own folder first)",
                 dir.display()
             );
         }
-        std::fs::remove_dir_all(dir)?;
+        if made_by_demo {
+            std::fs::remove_dir_all(dir)?;
+        }
     }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        "created by `bitvelocity demo`, which empties this folder when run again\n",
+    )?;
     Ok(())
 }

@@ -22,6 +22,40 @@ struct Cli {
     command: Command,
 }
 
+/// Where the tables live and which catalog names them.
+#[derive(clap::Args, Clone, Debug)]
+struct WarehouseArgs {
+    /// Warehouse: a local folder (default catalog <folder>/catalog.db) or s3://bucket/prefix
+    /// (S3 settings from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    #[arg(long)]
+    warehouse: String,
+    /// Catalog database: sqlite:<path> or postgres://user:pw@host:port/db (needed for s3://).
+    #[arg(long, env = "BITVELOCITY_CATALOG")]
+    catalog: Option<String>,
+}
+
+impl WarehouseArgs {
+    /// Opens the warehouse named on the command line.
+    fn open(&self) -> Result<catalog::Warehouse> {
+        Ok(catalog::Warehouse::open(
+            &self.warehouse,
+            self.catalog.as_deref(),
+        )?)
+    }
+
+    /// Opens an existing warehouse for reading or maintenance: a local folder without its
+    /// embedded catalog is an error, not a new empty warehouse.
+    fn open_existing(&self) -> Result<catalog::Warehouse> {
+        if self.catalog.is_none()
+            && let Ok(catalog::Location::Local(p)) = catalog::Location::parse(&self.warehouse)
+            && !p.join("catalog.db").exists()
+        {
+            anyhow::bail!("no warehouse at {} (catalog.db missing)", p.display());
+        }
+        self.open()
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Capture a publication's tables into bronze Iceberg tables, exactly once.
@@ -32,9 +66,8 @@ enum Command {
         /// Publication whose tables are captured.
         #[arg(long)]
         publication: String,
-        /// Warehouse directory (Iceberg files plus catalog.db).
-        #[arg(long)]
-        warehouse: PathBuf,
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
         /// Replication slot name (default: bitvelocity_<publication>).
         #[arg(long)]
         slot: Option<String>,
@@ -61,9 +94,8 @@ enum Command {
     },
     /// Compact, expire snapshots and remove orphan files of bronze and silver tables.
     Maintain {
-        /// Warehouse directory.
-        #[arg(long)]
-        warehouse: PathBuf,
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
         /// Only this table (`silver.orders`, or `orders` for both layers).
         #[arg(long)]
         table: Option<String>,
@@ -77,9 +109,8 @@ enum Command {
     Sql {
         /// The query.
         query: String,
-        /// Warehouse directory.
-        #[arg(long)]
-        warehouse: PathBuf,
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
         /// Read every silver table at one common source position (no half transactions across tables).
         #[arg(long)]
         consistent: bool,
@@ -302,15 +333,38 @@ async fn main() {
     }
 }
 
+/// How long an ingester's warehouse lease lasts without renewal (renewed every third of it).
+const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// This machine's name, for lease messages.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown host".to_string())
+}
+
 async fn ingest(
     cfg: ingestion::IngestConfig,
-    warehouse: PathBuf,
+    warehouse: WarehouseArgs,
     http: Option<std::net::SocketAddr>,
     auto: Option<lakehouse::medallion::AutoMaintenance>,
 ) -> Result<()> {
-    let wh = catalog::Warehouse::new(&warehouse)?;
+    let wh = warehouse.open()?;
     let catalog = wh.open_catalog().await.context("opening the catalog")?;
     let commits = wh.commit_path().await.context("opening the catalog")?;
+    // One ingester per warehouse, whatever slot it names (a restart on the same slot takes
+    // its lease back at once).
+    let lease = wh
+        .catalog_url()
+        .leases()
+        .await?
+        .hold(
+            catalog::lease::INGESTER_LEASE,
+            &format!("slot:{}", cfg.slot),
+            &format!("{} pid {}", hostname(), std::process::id()),
+            LEASE_TTL,
+        )
+        .await?;
     let mut sink = lakehouse::MedallionSink::new(catalog, commits).await?;
     if let Some(auto) = auto {
         sink = sink.with_auto_maintenance(auto);
@@ -336,8 +390,24 @@ async fn ingest(
             );
         }
     });
-    let report = ingester.run(shutdown_signal()).await;
+    // Stop on SIGINT/SIGTERM, or as soon as the lease is lost.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut signal = shutdown_signal();
+    let mut lost = lease.lost();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = signal.wait_for(|s| *s) => {}
+            _ = lost.wait_for(|l| *l) => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let report = ingester.run(stop_rx).await;
     reporter.abort();
+    let lease_lost = lease.is_lost();
+    lease.release().await?;
+    if lease_lost {
+        anyhow::bail!("stopped: the warehouse's ingester lease was lost to another process");
+    }
     let report = report?;
     tracing::info!(?report, "ingest finished");
     println!(
@@ -354,17 +424,11 @@ async fn ingest(
 }
 
 async fn maintain(
-    warehouse: PathBuf,
+    warehouse: WarehouseArgs,
     table: Option<String>,
     opts: lakehouse::maintenance::MaintenanceOptions,
 ) -> Result<()> {
-    if !warehouse.join("catalog.db").exists() {
-        anyhow::bail!(
-            "no warehouse at {} (catalog.db missing)",
-            warehouse.display()
-        );
-    }
-    let wh = catalog::Warehouse::new(&warehouse)?;
+    let wh = warehouse.open_existing()?;
     let catalog = wh.open_catalog().await?;
     let commits = wh.commit_path().await?;
     let reports = lakehouse::maintenance::maintain_warehouse(
@@ -391,6 +455,8 @@ async fn maintain(
             r.orphans_removed,
             if r.compaction_superseded {
                 "  (compaction superseded by a concurrent one)"
+            } else if r.compaction_abandoned {
+                "  (compaction abandoned: it lost every commit race; run again)"
             } else {
                 ""
             }
@@ -399,14 +465,8 @@ async fn maintain(
     Ok(())
 }
 
-async fn sql(query: &str, warehouse: PathBuf, consistent: bool) -> Result<()> {
-    if !warehouse.join("catalog.db").exists() {
-        anyhow::bail!(
-            "no warehouse at {} (catalog.db missing)",
-            warehouse.display()
-        );
-    }
-    let wh = catalog::Warehouse::new(&warehouse)?;
+async fn sql(query: &str, warehouse: WarehouseArgs, consistent: bool) -> Result<()> {
+    let wh = warehouse.open_existing()?;
     let catalog = wh.open_catalog().await?;
     let ctx = if consistent {
         let (ctx, lsn) = lakehouse::query::consistent_session(catalog).await?;

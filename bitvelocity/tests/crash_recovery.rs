@@ -1,17 +1,18 @@
 //! kill -9 the ingester at many points (during the copy, mid-transaction, around
 //! Iceberg commits, between the bronze and the silver commit, around acknowledgements),
 //! restart it each time, and check that bronze holds every source change exactly once,
-//! in commit order, and that silver equals the source.
+//! in commit order, and that silver equals the source; on local disk with SQLite and on S3
+//! (SeaweedFS) with a PostgreSQL catalog.
 
 #[path = "../../ingestion/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{CliWarehouse, ObjectStoreBackend};
 use domains::ecommerce::{self, WorkloadConfig};
 
 /// (crash point, which hit): the process kills itself with SIGKILL there.
@@ -58,11 +59,16 @@ fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitvelocity").to_string())
 }
 
-fn ingest_cmd(url: &str, warehouse: &Path, exit: bool) -> Command {
+fn ingest_cmd(url: &str, warehouse: &CliWarehouse, exit: bool) -> Command {
     ingest_cmd_batching(url, warehouse, exit, 40)
 }
 
-fn ingest_cmd_batching(url: &str, warehouse: &Path, exit: bool, batch_rows: u32) -> Command {
+fn ingest_cmd_batching(
+    url: &str,
+    warehouse: &CliWarehouse,
+    exit: bool,
+    batch_rows: u32,
+) -> Command {
     let mut c = Command::new(bin());
     c.args([
         "ingest",
@@ -70,10 +76,9 @@ fn ingest_cmd_batching(url: &str, warehouse: &Path, exit: bool, batch_rows: u32)
         url,
         "--publication",
         ecommerce::PUBLICATION,
-        "--warehouse",
-    ])
-    .arg(warehouse)
-    .args([
+    ]);
+    warehouse.apply(&mut c);
+    c.args([
         "--batch-rows",
         &batch_rows.to_string(),
         "--batch-interval-ms",
@@ -114,16 +119,25 @@ async fn workload(url: &str, seed: u64, ops: u32, seeded: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_every_point_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_9_at_every_point(&CliWarehouse::local(&dir.path().join("wh"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_every_point_on_s3_with_a_postgres_catalog() {
+    let backend = ObjectStoreBackend::start("crash").await;
+    kill_9_at_every_point(&CliWarehouse::object_store(&backend)).await;
+}
+
+async fn kill_9_at_every_point(wh: &CliWarehouse) {
     let (_pg, url) = common::start_pg("shop").await;
     let client = common::connect(&url).await;
     ecommerce::create_schema(&client).await.unwrap();
     workload(&url, 1, 100, false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let wh = dir.path().join("wh");
     let mut boundary_txid: Option<i64> = None;
 
     for (i, (point, nth)) in CRASHES.iter().enumerate() {
-        let out = ingest_cmd(&url, &wh, true)
+        let out = ingest_cmd(&url, wh, true)
             .env("BITVELOCITY_CRASH_AT", format!("{point}:{nth}"))
             .output()
             .expect("run ingester");
@@ -153,9 +167,7 @@ async fn kill_9_at_every_point_loses_and_doubles_nothing() {
             let url = url.clone();
             async move { workload(&url, 100 + k as u64, 60, true).await }
         });
-        let mut child = ingest_cmd(&url, &wh, false)
-            .spawn()
-            .expect("spawn ingester");
+        let mut child = ingest_cmd(&url, wh, false).spawn().expect("spawn ingester");
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         let _ = Command::new("kill")
             .args(["-9", &child.id().to_string()])
@@ -169,7 +181,7 @@ async fn kill_9_at_every_point_loses_and_doubles_nothing() {
     }
 
     // A clean run catches up and exits 0.
-    let out = ingest_cmd(&url, &wh, true).output().unwrap();
+    let out = ingest_cmd(&url, wh, true).output().unwrap();
     assert!(
         out.status.success(),
         "final run failed: {}",
@@ -186,8 +198,8 @@ async fn kill_9_at_every_point_loses_and_doubles_nothing() {
     );
     for t in &tables {
         // State: replaying bronze, and silver as it stands, give exactly SELECT * FROM the source.
-        let n = common::assert_bronze_matches(&client, &wh, t).await;
-        common::assert_silver_matches(&client, &wh, t).await;
+        let n = common::assert_bronze_matches(&client, wh, t).await;
+        common::assert_silver_matches(&client, wh, t).await;
         assert!(
             n > 0,
             "{} is empty: the workload did not exercise it",
@@ -197,7 +209,7 @@ async fn kill_9_at_every_point_loses_and_doubles_nothing() {
             continue;
         }
         // Changes: after the boundary every audited change appears once, in commit order.
-        let changes = common::bronze_changes(&wh, t).await;
+        let changes = common::bronze_changes(wh, t).await;
         let got: Vec<(i64, String)> = changes
             .iter()
             .filter_map(|c| c.txid.filter(|&x| x > boundary).map(|x| (x, c.op.clone())))
@@ -257,17 +269,26 @@ const MAINTENANCE_CRASHES: &[(&str, u32, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_compaction_and_across_schema_changes_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    kill_9_mid_compaction(&CliWarehouse::local(&dir.path().join("wh"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_compaction_on_s3_with_a_postgres_catalog() {
+    let backend = ObjectStoreBackend::start("compaction").await;
+    kill_9_mid_compaction(&CliWarehouse::object_store(&backend)).await;
+}
+
+async fn kill_9_mid_compaction(wh: &CliWarehouse) {
     let (_pg, url) = common::start_pg("shop").await;
     let client = common::connect(&url).await;
     ecommerce::create_schema(&client).await.unwrap();
     workload(&url, 1, 100, false).await;
-    let dir = tempfile::tempdir().unwrap();
-    let wh = dir.path().join("wh");
     let maintained = |c: &mut Command| {
         c.args(["--maintain-every", "1", "--min-small-files", "2"]);
     };
     // The initial copy first, so every crashing run has streamed changes to commit and compact.
-    let out = ingest_cmd(&url, &wh, true).output().unwrap();
+    let out = ingest_cmd(&url, wh, true).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -287,7 +308,7 @@ async fn kill_9_mid_compaction_and_across_schema_changes_loses_nothing() {
                 .await
                 .unwrap();
         }
-        let mut cmd = ingest_cmd_batching(&url, &wh, true, 300);
+        let mut cmd = ingest_cmd_batching(&url, wh, true, 300);
         maintained(&mut cmd);
         let out = cmd
             .env("BITVELOCITY_CRASH_AT", format!("{point}:{nth}"))
@@ -301,7 +322,7 @@ async fn kill_9_mid_compaction_and_across_schema_changes_loses_nothing() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let mut cmd = ingest_cmd(&url, &wh, true);
+    let mut cmd = ingest_cmd(&url, wh, true);
     maintained(&mut cmd);
     let out = cmd.output().unwrap();
     assert!(
@@ -310,8 +331,8 @@ async fn kill_9_mid_compaction_and_across_schema_changes_loses_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     for t in &common::tables(&client, ecommerce::PUBLICATION).await {
-        common::assert_bronze_matches(&client, &wh, t).await;
-        common::assert_silver_matches(&client, &wh, t).await;
+        common::assert_bronze_matches(&client, wh, t).await;
+        common::assert_silver_matches(&client, wh, t).await;
     }
 }
 

@@ -1,19 +1,63 @@
-//! Other Iceberg engines read bronze and silver: pyiceberg (SqlCatalog over catalog.db) and
-//! DuckDB (iceberg_scan), each replaying the change log, and reading silver with its
-//! position-delete files applied, to exactly the PostgreSQL rows.
+//! Other Iceberg engines read bronze and silver: pyiceberg (SqlCatalog) and DuckDB
+//! (iceberg_scan), each replaying the change log, and reading silver with its
+//! position-delete files applied, to exactly the PostgreSQL rows; on a local warehouse with
+//! its SQLite catalog, and on S3 (SeaweedFS; DuckDB through httpfs) with a PostgreSQL catalog.
 
 #[path = "../../ingestion/tests/common/mod.rs"]
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use domains::ecommerce::{self, WorkloadConfig};
 
+/// Where the tables go, and how other processes reach them.
+struct Target {
+    warehouse: catalog::Warehouse,
+    /// `bitvelocity` arguments naming warehouse and catalog.
+    cli_args: Vec<String>,
+    /// Environment of other processes (S3 settings).
+    env: Vec<(&'static str, String)>,
+    /// pyiceberg's catalog URI.
+    py_catalog: String,
+    /// A local folder for scratch files.
+    scratch: PathBuf,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let warehouse = catalog::Warehouse::new(&wh).unwrap();
+    let target = Target {
+        py_catalog: format!("sqlite:///{}/catalog.db", wh.display()),
+        cli_args: vec!["--warehouse".into(), wh.display().to_string()],
+        env: Vec::new(),
+        warehouse,
+        scratch: dir.path().to_path_buf(),
+    };
+    interop(target).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_read_from_s3_with_a_postgres_catalog() {
+    let backend = common::ObjectStoreBackend::start("interop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target {
+        warehouse: backend.warehouse.clone(),
+        cli_args: backend.cli_args(),
+        env: backend.env(),
+        py_catalog: backend.sqlalchemy_catalog(),
+        scratch: dir.path().to_path_buf(),
+    };
+    interop(target).await;
+}
+
+async fn interop(target: Target) {
     let python = std::env::var("BITVELOCITY_PYTHON").expect(
         "BITVELOCITY_PYTHON is not set: run the suite with scripts/test, which builds the venv with pyiceberg and DuckDB",
     );
+    let wh = &target.warehouse;
     let (_pg, url) = common::start_pg("shop").await;
     let mut client = common::connect(&url).await;
     ecommerce::create_schema(&client).await.unwrap();
@@ -24,9 +68,7 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
     ecommerce::run_workload(&mut client, &first, |_| {})
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let wh = dir.path().join("wh");
-    common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+    common::ingest_caught_up(&url, ecommerce::PUBLICATION, wh)
         .await
         .unwrap();
     let more = WorkloadConfig {
@@ -38,13 +80,13 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
     ecommerce::run_workload(&mut client, &more, |_| {})
         .await
         .unwrap();
-    common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+    common::ingest_caught_up(&url, ecommerce::PUBLICATION, wh)
         .await
         .unwrap();
 
     // Schema changes: a rename, widenings past the old type's range, an added column; then
     // rows that use them. Readers find old files' values by field id.
-    let before = silver_snapshot(&wh, "customers").await;
+    let before = silver_snapshot(wh, "customers").await;
     let birth_dates = id_to_text(&client, "SELECT id, birth_date::text FROM customers").await;
     client
         .batch_execute(
@@ -59,16 +101,12 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
         )
         .await
         .unwrap();
-    let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+    let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, wh)
         .await
         .unwrap();
     assert!(report.stopped.is_empty(), "{report:?}");
     // Time travel to before the rename returns the old column and the old rows.
-    let cat = catalog::Warehouse::new(&wh)
-        .unwrap()
-        .open_catalog()
-        .await
-        .unwrap();
+    let cat = wh.open_catalog().await.unwrap();
     let ctx = lakehouse::query::session(cat).await.unwrap();
     let old = lakehouse::query::run(
         &ctx,
@@ -81,7 +119,7 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
         birth_dates,
         "silver.customers as of {before}"
     );
-    let tt = wh.join("time_travel.json");
+    let tt = target.scratch.join("time_travel.json");
     std::fs::write(
         &tt,
         format!(
@@ -91,7 +129,7 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
     )
     .unwrap();
 
-    let stdout = check(&python, &wh, &url);
+    let stdout = check(&python, &target, &url);
     assert!(
         stdout.contains("pyiceberg time travel silver.customers")
             && stdout.contains("duckdb    time travel silver.customers"),
@@ -127,8 +165,9 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
     // After compaction (every delete file folded into clean data files, old snapshots
     // expired, unreferenced files removed) both engines still read exactly the source rows.
     let maintain = Command::new(env!("CARGO_BIN_EXE_bitvelocity"))
-        .args(["maintain", "--warehouse"])
-        .arg(&wh)
+        .arg("maintain")
+        .args(&target.cli_args)
+        .envs(target.env.iter().map(|(k, v)| (*k, v)))
         .args([
             "--expire-older-than-secs",
             "0",
@@ -148,7 +187,7 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
         String::from_utf8_lossy(&maintain.stderr)
     );
     println!("{report}");
-    let stdout = check(&python, &wh, &url);
+    let stdout = check(&python, &target, &url);
     let after: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains(" silver ") && l.ends_with("OK"))
@@ -161,12 +200,8 @@ async fn pyiceberg_and_duckdb_read_bronze_and_silver_as_the_source_rows() {
 }
 
 /// The current snapshot id of `silver.<table>`.
-async fn silver_snapshot(wh: &std::path::Path, table: &str) -> i64 {
-    let cat = catalog::Warehouse::new(wh)
-        .unwrap()
-        .open_catalog()
-        .await
-        .unwrap();
+async fn silver_snapshot(wh: &catalog::Warehouse, table: &str) -> i64 {
+    let cat = wh.open_catalog().await.unwrap();
     let t = cat
         .load_table(&catalog::TableIdent::from_strs(["silver", table]).unwrap())
         .await
@@ -217,18 +252,20 @@ fn json_map(m: &std::collections::BTreeMap<i64, Option<String>>) -> String {
 }
 
 /// Runs the Python check of every table with pyiceberg and DuckDB; returns its output.
-fn check(python: &str, wh: &std::path::Path, url: &str) -> String {
+fn check(python: &str, target: &Target, url: &str) -> String {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../tests/python/check_tables.py"
     );
+    let tt: &Path = &target.scratch.join("time_travel.json");
     let out = Command::new(python)
         .arg(script)
-        .arg("--warehouse")
-        .arg(wh)
+        .args(["--warehouse", &target.warehouse.url()])
+        .args(["--catalog", &target.py_catalog])
         .args(["--pg", url, "--tables", &ecommerce::TABLES.join(",")])
         .arg("--time-travel")
-        .arg(wh.join("time_travel.json"))
+        .arg(tt)
+        .envs(target.env.iter().map(|(k, v)| (*k, v)))
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

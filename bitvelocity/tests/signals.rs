@@ -1,4 +1,5 @@
 //! SIGTERM stops a running ingester cleanly: the pending batch is committed, exit status 0.
+//! A second ingester on the same warehouse is refused, whatever slot it names.
 
 #[path = "../../ingestion/tests/common/mod.rs"]
 mod common;
@@ -116,4 +117,104 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// Waits until slot `slot` has an active consumer (the ingester streams).
+async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingester never started streaming on {slot}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() {
+    let (_pg, url) = common::start_pg("fence").await;
+    let client = common::connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t;
+             INSERT INTO t SELECT g, 'copied' FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let ingest = |slot: &str| {
+        let mut c = Command::new(bin());
+        c.args(["ingest", "--pg", &url, "--publication", "p", "--warehouse"])
+            .arg(&wh)
+            .args(["--slot", slot, "--batch-interval-ms", "50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut first = ingest("first").spawn().unwrap();
+    wait_streaming(&client, "first").await;
+    // Another slot, same warehouse: refused at once, naming the holder; it writes nothing.
+    let second = ingest("second").output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("lease is held by slot:first") && err.contains("another ingester"),
+        "{err}"
+    );
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'second'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "the refused ingester must not create its slot");
+    // Killed: the same slot takes its lease back at once and streams on.
+    let _ = Command::new("kill")
+        .args(["-9", &first.id().to_string()])
+        .status();
+    first.wait().unwrap();
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(101, 150) g")
+        .await
+        .unwrap();
+    let mut again = ingest("first").spawn().unwrap();
+    wait_streaming(&client, "first").await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &again.id().to_string()])
+        .status();
+    assert!(again.wait().unwrap().success());
+    // A clean stop released it: another slot is no longer refused for the lease (it stops
+    // on its own check instead: a new slot cannot continue tables another slot wrote).
+    let second = ingest("second")
+        .arg("--exit-when-caught-up")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!err.contains("lease is held"), "{err}");
+    let mut c = ingest("first");
+    c.arg("--exit-when-caught-up");
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = common::tables(&client, "p").await.remove(0);
+    assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 150);
+    assert_eq!(common::assert_silver_matches(&client, &wh, &t).await, 150);
 }

@@ -6,10 +6,17 @@
 //! through `FileIO`) and published with the same compare-and-swap on
 //! `iceberg_tables` that `iceberg-catalog-sql` performs, so every engine reading
 //! the SQL catalog sees it. A moved pointer is a [`CatalogError::CommitConflict`]:
-//! the caller reloads and retries, nothing is overwritten.
+//! the caller reloads and retries, nothing is overwritten. A swap whose outcome cannot be
+//! learned is a [`CatalogError::CommitOutcomeUnknown`]: its files must be kept.
+//!
+//! Durability: every manifest, the manifest list and the metadata file are written through
+//! the warehouse's storage, which returns only once they are durable (fsynced on local
+//! disk, a completed PUT on S3), before the pointer moves.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use iceberg::spec::{
     DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestListWriter,
@@ -18,9 +25,9 @@ use iceberg::spec::{
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation};
-use sqlx::sqlite::SqlitePool;
 
-use crate::{CATALOG_NAME, CatalogError, Result, Warehouse};
+use crate::pointer::PointerStore;
+use crate::{CatalogError, Result, Warehouse};
 
 /// Data files and position-delete files to commit as one snapshot.
 #[derive(Debug, Default)]
@@ -63,25 +70,30 @@ impl RowDelta {
 /// Publishes snapshots iceberg's `Transaction` cannot make, on the warehouse's SQL catalog.
 #[derive(Debug, Clone)]
 pub struct CommitPath {
-    pool: SqlitePool,
+    pointers: Arc<dyn PointerStore>,
 }
 
 impl Warehouse {
-    /// The commit path over this warehouse's `catalog.db`.
+    /// The commit path over this warehouse's catalog database.
     pub async fn commit_path(&self) -> Result<CommitPath> {
-        let url = format!("sqlite:{}?mode=rw", self.catalog_db().display());
-        let pool = SqlitePool::connect(&url)
-            .await
-            .map_err(|e| CatalogError::Iceberg(Box::new(sql_error(e))))?;
-        Ok(CommitPath { pool })
+        Ok(CommitPath::new(self.catalog_url().pointers().await?.into()))
     }
 }
 
-fn sql_error(e: sqlx::Error) -> iceberg::Error {
-    iceberg::Error::new(iceberg::ErrorKind::Unexpected, "catalog database").with_source(e)
-}
+/// How many times an unknown swap outcome is re-checked before giving up.
+const RESOLVE_ATTEMPTS: u32 = 6;
 
 impl CommitPath {
+    /// A commit path publishing through `pointers`.
+    pub fn new(pointers: Arc<dyn PointerStore>) -> Self {
+        Self { pointers }
+    }
+
+    /// The pointer store commits swap on.
+    pub fn pointers(&self) -> &dyn PointerStore {
+        self.pointers.as_ref()
+    }
+
     /// Commits `delta` on top of `table` (its current snapshot is the parent) and returns the new table.
     pub async fn commit_row_delta(
         &self,
@@ -148,6 +160,7 @@ impl CommitPath {
         // Carry the parent's manifests; rewrite those holding removed files, marking them deleted.
         let mut manifests = Vec::with_capacity(parent_manifests.len() + 2);
         let mut still_to_remove = delta.removed_files.clone();
+        let mut removed = FileCounts::default();
         for (k, m) in parent_manifests.into_iter().enumerate() {
             let live = m.added_files_count.unwrap_or(1) + m.existing_files_count.unwrap_or(1);
             if live == 0 {
@@ -170,8 +183,21 @@ impl CommitPath {
             let out = file_io
                 .new_output(format!("{dir}/{commit}-r{k}.avro"))
                 .map_err(err)?;
+            // A rewritten manifest keeps the partition spec its files were written with.
+            let own_spec = meta
+                .partition_spec_by_id(m.partition_spec_id)
+                .map(|s| s.as_ref().clone())
+                .ok_or_else(|| {
+                    err(iceberg::Error::new(
+                        iceberg::ErrorKind::DataInvalid,
+                        format!(
+                            "manifest {} names unknown partition spec {}",
+                            m.manifest_path, m.partition_spec_id
+                        ),
+                    ))
+                })?;
             let builder =
-                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec.clone());
+                ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), own_spec);
             let mut writer = match m.content {
                 ManifestContentType::Data => builder.build_v2_data(),
                 ManifestContentType::Deletes => builder.build_v2_deletes(),
@@ -180,6 +206,7 @@ impl CommitPath {
                 let seq = e.sequence_number().unwrap_or(m.sequence_number);
                 let file_seq = e.file_sequence_number.or(Some(m.sequence_number));
                 if delta.remove_all || still_to_remove.remove(e.file_path()) {
+                    removed.add(e.data_file());
                     writer
                         .add_delete_file(e.data_file().clone(), seq, file_seq)
                         .map_err(err)?;
@@ -200,6 +227,10 @@ impl CommitPath {
                     format!("file to remove is no longer live: {missing}"),
                 )),
             });
+        }
+        let mut added = FileCounts::default();
+        for f in delta.data_files.iter().chain(&delta.delete_files) {
+            added.add(f);
         }
         for (k, (files, deletes)) in [(delta.data_files, false), (delta.delete_files, true)]
             .into_iter()
@@ -231,6 +262,8 @@ impl CommitPath {
             parent.as_ref().map(|s| s.snapshot_id()),
             sequence,
         );
+        let mut properties = summary_counts(&added, &removed, &manifests, parent.as_deref());
+        properties.extend(delta.properties);
         lw.add_manifests(manifests.into_iter()).map_err(err)?;
         lw.close().await.map_err(err)?;
 
@@ -242,7 +275,7 @@ impl CommitPath {
             .with_manifest_list(list)
             .with_summary(Summary {
                 operation,
-                additional_properties: delta.properties,
+                additional_properties: properties,
             })
             .with_schema_id(meta.current_schema_id())
             .build();
@@ -277,6 +310,9 @@ impl CommitPath {
     }
 
     /// Writes `new_meta` as the next metadata file of `table` and swaps the catalog pointer to it.
+    ///
+    /// Once the swap applied, nothing here can fail: the returned table is built from the
+    /// metadata just published, not reloaded, so no later error can pass for "not committed".
     async fn publish(
         &self,
         catalog: &dyn Catalog,
@@ -290,25 +326,50 @@ impl CommitPath {
         let location = MetadataLocation::from_str(&current)
             .map_err(err)?
             .with_next_version()
-            .with_new_metadata(&new_meta);
-        new_meta.write_to(file_io, &location).await.map_err(err)?;
+            .with_new_metadata(&new_meta)
+            .to_string();
+        new_meta
+            .write_to(file_io, &location.parse::<MetadataLocation>().map_err(err)?)
+            .await
+            .map_err(err)?;
 
         let ident = table.identifier();
-        let swapped = sqlx::query(
-            "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ?
-             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? AND metadata_location = ?",
-        )
-        .bind(location.to_string())
-        .bind(&current)
-        .bind(CATALOG_NAME)
-        .bind(ident.namespace().join("."))
-        .bind(ident.name())
-        .bind(&current)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| CatalogError::Iceberg(Box::new(sql_error(e))))?
-        .rows_affected();
-        if swapped != 1 {
+        let mut swap = self
+            .pointers
+            .compare_and_swap(ident, &current, &location)
+            .await;
+        let mut failures = 0;
+        let committed = loop {
+            let e = match swap {
+                Ok(true) => break true,
+                // Not moved by this attempt; an earlier attempt of ours may have applied.
+                Ok(false) => match self.pointers.current(ident).await {
+                    Ok(p) => break p.as_deref() == Some(location.as_str()),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures > RESOLVE_ATTEMPTS {
+                tracing::error!(table = %name, metadata = %location, error = %e, "commit outcome unknown");
+                return Err(CatalogError::CommitOutcomeUnknown {
+                    table: name,
+                    metadata_location: location,
+                    source: e,
+                });
+            }
+            tracing::warn!(table = %name, failures, error = %e, "pointer swap failed; resolving its outcome");
+            tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
+            // Swapping again from the same base to the same location is safe: at most one
+            // attempt can apply, and a pointer that moved elsewhere is read above.
+            swap = self
+                .pointers
+                .compare_and_swap(ident, &current, &location)
+                .await;
+        };
+        if !committed {
+            // The metadata file is unreferenced: nothing can ever publish it.
+            let _ = file_io.delete(&location).await;
             return Err(CatalogError::CommitConflict {
                 table: name.clone(),
                 source: Box::new(iceberg::Error::new(
@@ -317,8 +378,113 @@ impl CommitPath {
                 )),
             });
         }
-        catalog.load_table(ident).await.map_err(err)
+        let built = Table::builder()
+            .metadata(new_meta)
+            .metadata_location(location.clone())
+            .identifier(ident.clone())
+            .file_io(file_io.clone())
+            .runtime(iceberg::Runtime::current())
+            .build();
+        match built {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                tracing::warn!(table = %name, error = %e, "committed; reloading the table");
+                catalog.load_table(ident).await.map_err(|source| {
+                    CatalogError::CommittedButUnloaded {
+                        table: name,
+                        metadata_location: location,
+                        source: Box::new(source),
+                    }
+                })
+            }
+        }
     }
+}
+
+/// Sizes and counts of a set of files, for the snapshot summary.
+#[derive(Debug, Default)]
+struct FileCounts {
+    data_files: u64,
+    records: u64,
+    delete_files: u64,
+    position_deletes: u64,
+    bytes: u64,
+}
+
+impl FileCounts {
+    fn add(&mut self, f: &DataFile) {
+        self.bytes += f.file_size_in_bytes();
+        match f.content_type() {
+            DataContentType::Data => {
+                self.data_files += 1;
+                self.records += f.record_count();
+            }
+            _ => {
+                self.delete_files += 1;
+                self.position_deletes += f.record_count();
+            }
+        }
+    }
+}
+
+/// The standard snapshot-summary counts (Iceberg spec, "Snapshot summary"): what this
+/// snapshot added and removed, and the table's totals after it. Totals of files and records
+/// come from the new manifest list itself (each manifest counts its live entries), so they
+/// are exact even when the parent's summary lacks them; the byte total follows the parent's.
+fn summary_counts(
+    added: &FileCounts,
+    removed: &FileCounts,
+    manifests: &[ManifestFile],
+    parent: Option<&Snapshot>,
+) -> HashMap<String, String> {
+    let mut total = FileCounts::default();
+    for m in manifests {
+        let files = u64::from(m.added_files_count.unwrap_or(0))
+            + u64::from(m.existing_files_count.unwrap_or(0));
+        let rows = m.added_rows_count.unwrap_or(0) + m.existing_rows_count.unwrap_or(0);
+        match m.content {
+            ManifestContentType::Data => {
+                total.data_files += files;
+                total.records += rows;
+            }
+            ManifestContentType::Deletes => {
+                total.delete_files += files;
+                total.position_deletes += rows;
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    let mut put = |k: &str, v: u64| {
+        out.insert(k.to_string(), v.to_string());
+    };
+    put("added-data-files", added.data_files);
+    put("added-records", added.records);
+    put("added-files-size", added.bytes);
+    put("added-delete-files", added.delete_files);
+    put("added-position-delete-files", added.delete_files);
+    put("added-position-deletes", added.position_deletes);
+    put("deleted-data-files", removed.data_files);
+    put("deleted-records", removed.records);
+    put("removed-files-size", removed.bytes);
+    put("removed-delete-files", removed.delete_files);
+    put("removed-position-delete-files", removed.delete_files);
+    put("removed-position-deletes", removed.position_deletes);
+    put("total-data-files", total.data_files);
+    put("total-records", total.records);
+    put("total-delete-files", total.delete_files);
+    put("total-position-deletes", total.position_deletes);
+    put("total-equality-deletes", 0);
+    if let Some(size) = parent
+        .map(|p| p.summary().additional_properties.get("total-files-size"))
+        .map(|v| v.and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(Some(0))
+    {
+        put(
+            "total-files-size",
+            (size + added.bytes).saturating_sub(removed.bytes),
+        );
+    }
+    out
 }
 
 fn chrono_free_now_ms() -> i64 {

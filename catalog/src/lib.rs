@@ -1,13 +1,17 @@
-//! The catalog layer: where BitVelocity's Iceberg tables are named and committed.
+//! The catalog layer: where BitVelocity's Iceberg tables are stored, named and committed.
 //!
-//! It owns the warehouse layout and opens iceberg's `Catalog` (the SQL catalog
-//! over SQLite at `<warehouse>/catalog.db`, catalog name `bitvelocity`), so any
-//! engine that speaks the Iceberg SQL catalog (pyiceberg's `SqlCatalog`, say)
-//! reads the same tables. It must never import the lakehouse, ingestion or any
-//! façade crate: everything else sits above it.
+//! It owns the warehouse (a local folder or an S3 prefix, reached through
+//! [`storage::ObjectStorage`]), opens iceberg's `Catalog` (the SQL catalog, catalog
+//! name `bitvelocity`, on SQLite or PostgreSQL), so any engine that speaks the Iceberg
+//! SQL catalog (pyiceberg's `SqlCatalog`, say) reads the same tables, and publishes the
+//! snapshots iceberg-rust cannot make ([`commit`]). It must never import the lakehouse,
+//! ingestion or any façade crate: everything else sits above it.
 
 pub mod commit;
 mod error;
+pub mod lease;
+pub mod pointer;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,9 +19,10 @@ use std::sync::Arc;
 
 pub use error::{CatalogError, Result};
 pub use iceberg::{Catalog, NamespaceIdent, TableIdent};
+pub use pointer::CatalogUrl;
+pub use storage::{Location, ObjectStorage};
 
 use iceberg::CatalogBuilder;
-use iceberg::io::LocalFsStorageFactory;
 use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE,
 };
@@ -25,54 +30,132 @@ use iceberg_catalog_sql::{
 /// The catalog name every BitVelocity warehouse registers its tables under.
 pub const CATALOG_NAME: &str = "bitvelocity";
 
-/// A warehouse directory: table files plus the SQLite catalog that names them.
+/// A warehouse: where table files live plus the SQL catalog that names them.
 #[derive(Debug, Clone)]
 pub struct Warehouse {
-    root: PathBuf,
+    location: Location,
+    catalog: CatalogUrl,
+    storage_props: HashMap<String, String>,
 }
 
 impl Warehouse {
-    /// Uses (and creates if missing) the warehouse at `root`.
+    /// Uses (and creates if missing) the local warehouse folder `root`, with its embedded
+    /// SQLite catalog `<root>/catalog.db`.
     pub fn new(root: impl AsRef<Path>) -> Result<Self> {
-        let root = root.as_ref();
-        std::fs::create_dir_all(root).map_err(|source| CatalogError::Warehouse {
+        Self::local(root.as_ref(), None)
+    }
+
+    /// Opens the warehouse at `location` (a path, `file:///<path>` or `s3://bucket/prefix`)
+    /// with the catalog at `catalog` (`sqlite:<path>` or `postgres://…`). A local warehouse
+    /// defaults to `<root>/catalog.db`; an object-store warehouse needs a catalog URL. S3
+    /// is configured from the standard AWS environment ([`storage::s3_props_from_env`]).
+    pub fn open(location: &str, catalog: Option<&str>) -> Result<Self> {
+        let catalog = catalog.map(CatalogUrl::parse).transpose()?;
+        match Location::parse(location)? {
+            Location::Local(root) => Self::local(&root, catalog),
+            s3 @ Location::S3 { .. } => Ok(Self {
+                catalog: catalog
+                    .ok_or_else(|| CatalogError::CatalogRequired { location: s3.url() })?,
+                location: s3,
+                storage_props: storage::s3_props_from_env(),
+            }),
+        }
+    }
+
+    fn local(root: &Path, catalog: Option<CatalogUrl>) -> Result<Self> {
+        let io = |source| CatalogError::Warehouse {
             path: root.display().to_string(),
             source,
-        })?;
-        let root = root
-            .canonicalize()
-            .map_err(|source| CatalogError::Warehouse {
-                path: root.display().to_string(),
-                source,
-            })?;
-        Ok(Self { root })
+        };
+        std::fs::create_dir_all(root).map_err(io)?;
+        let root = root.canonicalize().map_err(io)?;
+        let catalog = match catalog {
+            Some(c) => c,
+            None => CatalogUrl::parse(&format!("sqlite:{}", root.join("catalog.db").display()))?,
+        };
+        Ok(Self {
+            location: Location::Local(root),
+            catalog,
+            storage_props: HashMap::new(),
+        })
     }
 
-    /// The absolute warehouse directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Adds storage properties (`s3.endpoint`, `s3.access-key-id`, …) over those taken from
+    /// the environment, for callers that configure S3 explicitly.
+    pub fn with_storage_props(mut self, props: HashMap<String, String>) -> Self {
+        self.storage_props.extend(props);
+        self
     }
 
-    /// The SQLite file holding the catalog tables (`iceberg_tables`, `iceberg_namespace_properties`).
-    pub fn catalog_db(&self) -> PathBuf {
-        self.root.join("catalog.db")
+    /// Where the table files live.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    /// Opens the SQL catalog over `<root>/catalog.db`, creating it on first use.
+    /// The warehouse as a URL: `file:///<abs path>` or `s3://bucket/prefix`.
+    pub fn url(&self) -> String {
+        self.location.url()
+    }
+
+    /// The local folder of a local warehouse; `None` on object storage.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Local(p) => Some(p),
+            Location::S3 { .. } => None,
+        }
+    }
+
+    /// The catalog database.
+    pub fn catalog_url(&self) -> &CatalogUrl {
+        &self.catalog
+    }
+
+    /// The storage properties (`s3.*`) every `FileIO` of this warehouse gets; they carry
+    /// credentials, so never print them.
+    pub fn storage_props(&self) -> &HashMap<String, String> {
+        &self.storage_props
+    }
+
+    /// The storage of this warehouse (what its tables' `FileIO`s use), for listing.
+    pub fn storage(&self) -> ObjectStorage {
+        ObjectStorage::new(self.storage_props.clone())
+    }
+
+    /// The SQLite file of an embedded catalog (`None` for a PostgreSQL catalog).
+    pub fn catalog_db(&self) -> Option<PathBuf> {
+        match &self.catalog {
+            CatalogUrl::Sqlite(u) => {
+                let path = u.strip_prefix("sqlite:")?.trim_start_matches("//");
+                Some(PathBuf::from(path.split('?').next().unwrap_or(path)))
+            }
+            CatalogUrl::Postgres(_) => None,
+        }
+    }
+
+    /// Opens the SQL catalog, creating its tables on first use.
     pub async fn open_catalog(&self) -> Result<Arc<dyn Catalog>> {
-        let uri = format!("sqlite:{}?mode=rwc", self.catalog_db().display());
-        let props = HashMap::from([
-            (SQL_CATALOG_PROP_URI.to_string(), uri),
+        self.catalog.prepare().await?;
+        let bind = match self.catalog {
+            CatalogUrl::Sqlite(_) => "QMark",
+            CatalogUrl::Postgres(_) => "DollarNumeric",
+        };
+        let mut props = self.storage_props.clone();
+        props.extend([
             (
-                SQL_CATALOG_PROP_WAREHOUSE.to_string(),
-                format!("file://{}", self.root.display()),
+                SQL_CATALOG_PROP_URI.to_string(),
+                self.catalog.as_str().to_string(),
             ),
-            (SQL_CATALOG_PROP_BIND_STYLE.to_string(), "QMark".to_string()),
+            (SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.url()),
+            (SQL_CATALOG_PROP_BIND_STYLE.to_string(), bind.to_string()),
         ]);
         let catalog = iceberg_catalog_sql::SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .with_storage_factory(Arc::new(storage::ObjectStorageFactory))
             .load(CATALOG_NAME, props)
-            .await?;
+            .await
+            .map_err(|e| CatalogError::CatalogOpen {
+                url: self.catalog.redacted(),
+                source: Box::new(e),
+            })?;
         Ok(Arc::new(catalog))
     }
 }
@@ -105,7 +188,7 @@ mod tests {
         ensure_namespace(catalog.as_ref(), "bronze").await.unwrap();
         let all = catalog.list_namespaces(None).await.unwrap();
         assert_eq!(all, vec![NamespaceIdent::new("bronze".into())]);
-        assert!(wh.catalog_db().exists());
+        assert!(wh.catalog_db().unwrap().exists());
         // A second opener sees the same namespace: the state lives in catalog.db.
         let again = wh.open_catalog().await.unwrap();
         assert!(
@@ -114,5 +197,20 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn object_store_warehouse_needs_a_catalog_and_unknown_schemes_are_refused() {
+        let e = Warehouse::open("s3://bucket/lake", None).unwrap_err();
+        assert!(matches!(e, CatalogError::CatalogRequired { .. }), "{e}");
+        assert!(e.to_string().contains("--catalog"), "{e}");
+        let e = Warehouse::open("gs://bucket/lake", None).unwrap_err();
+        assert!(
+            matches!(e, CatalogError::UnsupportedWarehouse { .. }),
+            "{e}"
+        );
+        let wh = Warehouse::open("s3://bucket/lake/", Some("postgres://h/db")).unwrap();
+        assert_eq!(wh.url(), "s3://bucket/lake");
+        assert!(wh.local_root().is_none() && wh.catalog_db().is_none());
     }
 }

@@ -1,4 +1,5 @@
-//! Domain services as PostgreSQL sees them: schemas, workloads, and a managed server.
+//! Domain services as PostgreSQL sees them: schemas, workloads, and the managed servers
+//! (PostgreSQL, SeaweedFS for S3) that tests, the demo and benchmarks start themselves.
 //!
 //! Domain services reach the engine only through PostgreSQL: they write
 //! transactions (with audit columns and an audit history) and the engine
@@ -8,9 +9,11 @@
 pub mod ecommerce;
 mod error;
 pub mod pg;
+pub mod s3;
 
 pub use error::{DomainError, Result};
 pub use pg::PgCluster;
+pub use s3::SeaweedFs;
 
 /// Connects a plain (non-replication) client and drives its connection in the background.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {

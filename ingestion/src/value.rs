@@ -35,8 +35,8 @@ pub enum ColumnBuilder {
     Float32(Float32Builder),
     /// float8
     Float64(Float64Builder),
-    /// numeric(p, s), scale given
-    Decimal(Decimal128Builder, i8),
+    /// numeric(p, s): precision and scale given
+    Decimal(Decimal128Builder, u8, i8),
     /// text-like
     Utf8(StringBuilder),
     /// bytea
@@ -73,6 +73,7 @@ impl ColumnBuilder {
             (PgKind::Float8, _) => Self::Float64(Float64Builder::new()),
             (PgKind::Decimal { precision, scale }, _) => Self::Decimal(
                 Decimal128Builder::new().with_data_type(DataType::Decimal128(*precision, *scale)),
+                *precision,
                 *scale,
             ),
             (PgKind::NumericText | PgKind::Text, _) => Self::Utf8(StringBuilder::new()),
@@ -108,7 +109,7 @@ impl ColumnBuilder {
             Self::Int64(b) => b.append_null(),
             Self::Float32(b) => b.append_null(),
             Self::Float64(b) => b.append_null(),
-            Self::Decimal(b, _) => b.append_null(),
+            Self::Decimal(b, _, _) => b.append_null(),
             Self::Utf8(b) => b.append_null(),
             Self::Binary(b) => b.append_null(),
             Self::Date(b) => b.append_null(),
@@ -147,18 +148,29 @@ impl ColumnBuilder {
                     .parse::<f64>()
                     .map_err(|_| bad("not a double:"))?,
             ),
-            Self::Decimal(b, scale) => {
-                let x = parse_decimal(v, *scale)
-                    .ok_or_else(|| bad("not a decimal of its declared scale:"))?;
+            Self::Decimal(b, precision, scale) => {
+                let x = if v == b"NaN" {
+                    // ADR 0007: one past the largest value the column's precision holds.
+                    decimal_nan(*precision)
+                } else {
+                    parse_decimal(v, *scale)
+                        .ok_or_else(|| bad("not a decimal of its declared scale:"))?
+                };
                 b.append_value(x)
             }
             Self::Utf8(b) => b.append_value(as_str(v)?),
             Self::Binary(b) => b.append_value(parse_bytea(v).ok_or_else(|| bad("not hex bytea:"))?),
-            Self::Date(b) => b.append_value(parse_date(v).ok_or_else(|| bad("unsupported date:"))?),
+            Self::Date(b) => b.append_value(match v {
+                b"infinity" => DATE_INFINITY,
+                b"-infinity" => DATE_NEG_INFINITY,
+                _ => parse_date(v).ok_or_else(|| bad("not a date:"))?,
+            }),
             Self::Time(b) => b.append_value(parse_time(v).ok_or_else(|| bad("not a time:"))?),
-            Self::Timestamp(b, tz) => b.append_value(
-                parse_timestamp(v, *tz).ok_or_else(|| bad("unsupported timestamp:"))?,
-            ),
+            Self::Timestamp(b, tz) => b.append_value(match v {
+                b"infinity" => TIMESTAMP_INFINITY,
+                b"-infinity" => TIMESTAMP_NEG_INFINITY,
+                _ => parse_timestamp(v, *tz).ok_or_else(|| bad("not a timestamp:"))?,
+            }),
             Self::Uuid(b) => {
                 let u = parse_uuid(v).ok_or_else(|| bad("not a uuid:"))?;
                 b.append_value(u).map_err(|e| e.to_string())?
@@ -193,7 +205,7 @@ impl ColumnBuilder {
             Self::Int64(b) => Arc::new(b.finish()),
             Self::Float32(b) => Arc::new(b.finish()),
             Self::Float64(b) => Arc::new(b.finish()),
-            Self::Decimal(b, _) => Arc::new(b.finish()),
+            Self::Decimal(b, _, _) => Arc::new(b.finish()),
             Self::Utf8(b) => Arc::new(b.finish()),
             Self::Binary(b) => Arc::new(b.finish()),
             Self::Date(b) => Arc::new(b.finish()),
@@ -290,6 +302,23 @@ fn parse_bytea(v: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// `date 'infinity'` (ADR 0007): the largest Iceberg date, beyond PostgreSQL's last finite
+/// date (5874897-12-31), and what DuckDB reads as `infinity`.
+pub const DATE_INFINITY: i32 = i32::MAX;
+/// `date '-infinity'`: DuckDB's `-infinity`, far before PostgreSQL's first date (4713 BC).
+pub const DATE_NEG_INFINITY: i32 = -i32::MAX;
+/// `timestamp 'infinity'` (ADR 0007): the largest Iceberg timestamp, DuckDB's `infinity`; also
+/// finite PostgreSQL timestamps after Iceberg's last one (year 294247), which nothing else can hold.
+pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
+/// `timestamp '-infinity'`: DuckDB's `-infinity`, far before PostgreSQL's first timestamp.
+pub const TIMESTAMP_NEG_INFINITY: i64 = -i64::MAX;
+
+/// `numeric 'NaN'` in a `numeric(p, s)` column (ADR 0007): the unscaled value 10^p, one past
+/// the largest value of the column's precision, so no ordinary value can equal it.
+pub fn decimal_nan(precision: u8) -> i128 {
+    10i128.pow(u32::from(precision.min(38)))
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (year may be ≤ 0).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -376,7 +405,8 @@ fn parse_timestamp(v: &[u8], tz: bool) -> Option<i64> {
         days = d;
     }
     let (micros, rest) = parse_time_prefix(&body[space + 1..])?;
-    let mut total = days.checked_mul(86_400_000_000)?.checked_add(micros)?;
+    // i128: PostgreSQL's last years (to 294276 AD) lie beyond Iceberg's i64 microseconds.
+    let mut total = i128::from(days) * 86_400_000_000 + i128::from(micros);
     if tz {
         let (sign, off) = match rest.first()? {
             b'+' => (1, &rest[1..]),
@@ -388,11 +418,12 @@ fn parse_timestamp(v: &[u8], tz: bool) -> Option<i64> {
         for (i, p) in parts.iter().enumerate().take(3) {
             secs += parse_fixed_digits(p)? as i64 * [3600, 60, 1][i];
         }
-        total -= sign * secs * 1_000_000;
+        total -= i128::from(sign * secs * 1_000_000);
     } else if !rest.is_empty() {
         return None;
     }
-    Some(total)
+    // A finite time after Iceberg's last one can only be held as its infinity (ADR 0007).
+    Some(i64::try_from(total).unwrap_or(TIMESTAMP_INFINITY))
 }
 
 fn parse_uuid(v: &[u8]) -> Option<[u8; 16]> {
@@ -509,7 +540,7 @@ mod tests {
             parse_date(b"0001-12-31 BC"),
             Some(-UNIX_EPOCH_DAYS_FROM_CE - 1)
         );
-        assert_eq!(parse_date(b"infinity"), None);
+        assert_eq!(parse_date(b"infinity"), None, "handled before parsing");
         assert_eq!(parse_time(b"24:00:00"), Some(86_400_000_000));
         assert_eq!(parse_time(b"01:02:03.5"), Some(3_723_500_000));
         assert_eq!(
@@ -519,6 +550,69 @@ mod tests {
         assert_eq!(parse_timestamp(b"1970-01-01 05:30:00+05:30", true), Some(0));
         assert_eq!(parse_timestamp(b"1970-01-01 00:00:00+00", true), Some(0));
         assert_eq!(parse_timestamp(b"1969-12-31 23:00:00-01", true), Some(0));
+    }
+
+    #[test]
+    fn values_iceberg_cannot_hold_map_to_documented_sentinels() {
+        let date = |text: &[u8]| {
+            let mut b = ColumnBuilder::new(&PgKind::Date, &DataType::Date32);
+            b.append_text(text).unwrap();
+            b.finish()
+                .as_primitive::<arrow::datatypes::Date32Type>()
+                .value(0)
+        };
+        assert_eq!(date(b"infinity"), DATE_INFINITY);
+        assert_eq!(date(b"-infinity"), DATE_NEG_INFINITY);
+        // PostgreSQL's finite extremes stay ordinary values, short of the sentinels.
+        let last = date(b"5874897-12-31");
+        let first = date(b"4714-11-24 BC");
+        assert!(
+            first > DATE_NEG_INFINITY && last < DATE_INFINITY,
+            "{first} {last}"
+        );
+        let ts = |text: &[u8], tz: bool| {
+            let mut b = ColumnBuilder::new(
+                &if tz {
+                    PgKind::TimestampTz
+                } else {
+                    PgKind::Timestamp
+                },
+                &DataType::Int64,
+            );
+            b.append_text(text).unwrap();
+            b.finish()
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(0)
+        };
+        assert_eq!(ts(b"infinity", false), TIMESTAMP_INFINITY);
+        assert_eq!(ts(b"-infinity", true), TIMESTAMP_NEG_INFINITY);
+        // Beyond Iceberg's last microsecond (year 294247) only infinity can hold it.
+        assert_eq!(
+            ts(b"294276-12-31 23:59:59.999999", false),
+            TIMESTAMP_INFINITY
+        );
+        assert_eq!(ts(b"294276-12-31 23:59:59+00", true), TIMESTAMP_INFINITY);
+        let first = ts(b"4714-11-24 00:00:00+00 BC", true);
+        assert!(first > TIMESTAMP_NEG_INFINITY && first < -200_000_000_000_000_000);
+        let mut b = ColumnBuilder::new(
+            &PgKind::Decimal {
+                precision: 6,
+                scale: 2,
+            },
+            &DataType::Decimal128(6, 2),
+        );
+        b.append_text(b"NaN").unwrap();
+        b.append_text(b"9999.99").unwrap();
+        let d = b.finish();
+        let d = d.as_primitive::<arrow::datatypes::Decimal128Type>();
+        assert_eq!(d.value(0), 1_000_000, "10^6: one past 9999.99");
+        assert_eq!(d.value(1), 999_999);
+        assert!(
+            ColumnBuilder::new(&PgKind::Date, &DataType::Date32)
+                .append_text(b"someday")
+                .unwrap_err()
+                .contains("not a date")
+        );
     }
 
     #[test]

@@ -504,3 +504,99 @@ async fn bronze_ids(warehouse: &std::path::Path) -> Vec<common::Val> {
         .flat_map(|b| (0..b.num_rows()).map(move |i| common::arrow_val(b.column(0), i)))
         .collect()
 }
+
+/// Values Iceberg cannot hold (ADR 0007) never stop ingestion: ±infinity dates and
+/// timestamps, numeric NaN in a `numeric(p,s)` column and timestamps past Iceberg's last
+/// year reach bronze and silver as the documented sentinels, through the copy and the
+/// stream, next to ordinary rows of the same table.
+#[tokio::test]
+async fn values_iceberg_cannot_hold_are_kept_as_documented_sentinels() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Date32Type, Decimal128Type, Int32Type, TimestampMicrosecondType};
+    let (_pg, url) = start_pg("special").await;
+    let client = connect(&url).await;
+    let rows = |base: i32| {
+        format!(
+            "INSERT INTO odd VALUES
+             ({}, 'infinity', 'infinity', 'infinity', 'NaN'),
+             ({}, '-infinity', '-infinity', '-infinity', 1.5),
+             ({}, '2026-11-30', '294276-12-31 23:59:59', '2026-11-30 12:00:00+00', 9999.99);",
+            base + 1,
+            base + 2,
+            base + 3
+        )
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE odd (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz, n numeric(6, 2));
+             CREATE PUBLICATION p FOR TABLE odd; {}",
+            rows(0)
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(report.snapshot_rows, 3);
+    client.batch_execute(&rows(10)).await.unwrap();
+    client
+        .batch_execute("UPDATE odd SET n = 'NaN' WHERE id = 13")
+        .await
+        .unwrap();
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    assert_eq!(report.changes, 4, "{report:?}");
+    let cat = catalog::Warehouse::new(dir.path())
+        .unwrap()
+        .open_catalog()
+        .await
+        .unwrap();
+    let ctx = lakehouse::query::session(cat).await.unwrap();
+    let nan = ingestion::value::decimal_nan(6);
+    let want = |id: i32| -> (i32, i64, i64, i128) {
+        use ingestion::value::*;
+        match id % 10 {
+            1 => (DATE_INFINITY, TIMESTAMP_INFINITY, TIMESTAMP_INFINITY, nan),
+            2 => (
+                DATE_NEG_INFINITY,
+                TIMESTAMP_NEG_INFINITY,
+                TIMESTAMP_NEG_INFINITY,
+                150,
+            ),
+            _ => (
+                20_787,
+                TIMESTAMP_INFINITY, // past Iceberg's last year: only infinity holds it
+                1_796_040_000_000_000,
+                if id == 13 { nan } else { 999_999 },
+            ),
+        }
+    };
+    for table in ["silver.odd", "bronze.odd"] {
+        let sql = if table.starts_with("silver") {
+            format!("SELECT id, d, ts, tstz, n FROM {table} ORDER BY id")
+        } else {
+            // The latest change per key.
+            format!(
+                "SELECT id, d, ts, tstz, n FROM (SELECT *, row_number() OVER (PARTITION BY id ORDER BY _lsn DESC, _seq DESC) AS rn FROM {table}) WHERE rn = 1 ORDER BY id"
+            )
+        };
+        let batches = lakehouse::query::run(&ctx, &sql).await.unwrap();
+        let mut seen = 0;
+        for b in &batches {
+            for i in 0..b.num_rows() {
+                let id = b.column(0).as_primitive::<Int32Type>().value(i);
+                let got = (
+                    b.column(1).as_primitive::<Date32Type>().value(i),
+                    b.column(2)
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .value(i),
+                    b.column(3)
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .value(i),
+                    b.column(4).as_primitive::<Decimal128Type>().value(i),
+                );
+                assert_eq!(got, want(id), "{table} id {id}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 6, "{table}");
+    }
+}

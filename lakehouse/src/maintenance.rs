@@ -82,6 +82,9 @@ pub struct MaintenanceReport {
     pub rebases: usize,
     /// Compaction gave up because another one replaced the same files first.
     pub compaction_superseded: bool,
+    /// Compaction gave up after losing the commit race too often (its files removed; the
+    /// table unchanged); the next run tries again.
+    pub compaction_abandoned: bool,
     /// Snapshots expired.
     pub snapshots_expired: usize,
     /// Unreferenced files deleted.
@@ -341,6 +344,17 @@ pub async fn compact(
                 report.deletes_remapped = translated.len() as u64;
                 tracing::debug!(table = %ident, attempt, remapped = translated.len(), "compaction re-basing onto a concurrent commit");
             }
+            Err(e) if e.is_retryable() => {
+                // Lost the race every time: give up for now, leaving the table as it was.
+                cleanup(&file_io, new_files.iter().chain(&translated_files)).await;
+                report.compaction_abandoned = true;
+                tracing::warn!(table = %ident, attempts = attempt, error = %e, "compaction abandoned after losing every commit race; the next run retries");
+                return Ok(report);
+            }
+            Err(e) if e.may_have_committed() => {
+                // The new files may be the table's now: keep them, whatever happened.
+                return Err(e.into());
+            }
             Err(e) => {
                 cleanup(&file_io, new_files.iter().chain(&translated_files)).await;
                 return Err(e.into());
@@ -446,16 +460,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Deletes files under the table's location that nothing retained references; returns (files, bytes).
+/// Deletes files under the table's location that nothing retained references and that are
+/// older than `older_than`; returns (files, bytes). Lists through the warehouse's storage, so
+/// it works the same on local disk and object storage.
 pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usize, u64)> {
     let meta = table.metadata();
     let ident = table.identifier().to_string();
-    let root = local_path(meta.location()).ok_or_else(|| {
-        LakehouseError::Corrupt(format!(
-            "{ident}: orphan removal handles local warehouses only, not {}",
-            meta.location()
-        ))
-    })?;
     let file_io = table.file_io();
     let mut referenced: HashSet<String> = HashSet::new();
     if let Some(m) = table.metadata_location() {
@@ -489,38 +499,28 @@ pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usiz
     let cutoff = SystemTime::now()
         .checked_sub(older_than)
         .unwrap_or(SystemTime::UNIX_EPOCH);
+    let storage = catalog::ObjectStorage::from_config(file_io.config());
+    let root = format!("{}/", meta.location().trim_end_matches('/'));
+    let index_dir = format!("/{}/", crate::pk_index::INDEX_DIR);
+    let listed = storage
+        .list(&root)
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
     let mut removed = 0;
     let mut bytes = 0;
-    let mut stack = vec![std::path::PathBuf::from(&root)];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(LakehouseError::Corrupt(format!("{}: {e}", dir.display()))),
-        };
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| LakehouseError::Corrupt(format!("{}: {e}", dir.display())))?;
-            let path = entry.path();
-            let md = entry
-                .metadata()
-                .map_err(|e| LakehouseError::Corrupt(format!("{}: {e}", path.display())))?;
-            if md.is_dir() {
-                if path.file_name() == Some(std::ffi::OsStr::new(crate::pk_index::INDEX_DIR)) {
-                    continue; // silver's index checkpoint: not table data
-                }
-                stack.push(path);
-                continue;
-            }
-            let name = path.display().to_string();
-            if referenced.contains(&name) || md.modified().map(|m| m > cutoff).unwrap_or(true) {
-                continue;
-            }
-            std::fs::remove_file(&path)
-                .map_err(|e| LakehouseError::Corrupt(format!("{name}: {e}")))?;
-            removed += 1;
-            bytes += md.len();
+    for f in listed {
+        if f.location.contains(&index_dir) {
+            continue; // silver's index checkpoint: not table data
         }
+        if referenced.contains(&norm(&f.location)) || f.modified > cutoff {
+            continue;
+        }
+        file_io
+            .delete(&f.location)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))?;
+        removed += 1;
+        bytes += f.size;
     }
     if removed > 0 {
         tracing::info!(table = %ident, files = removed, bytes, "removed orphan files");
@@ -528,19 +528,15 @@ pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usiz
     Ok((removed, bytes))
 }
 
-/// A local filesystem path for a `file:` location or a plain path; None for object stores.
-fn local_path(location: &str) -> Option<String> {
-    if let Some(rest) = location.strip_prefix("file://") {
-        Some(rest.to_string())
-    } else if location.starts_with('/') {
-        Some(location.to_string())
-    } else {
-        None
-    }
-}
-
+/// One spelling per file: `file:///a`, `file:/a` and `/a` name the same local file.
 fn norm(location: &str) -> String {
-    local_path(location).unwrap_or_else(|| location.to_string())
+    if let Some(rest) = location.strip_prefix("file://") {
+        rest.to_string()
+    } else if let Some(rest) = location.strip_prefix("file:") {
+        rest.to_string()
+    } else {
+        location.to_string()
+    }
 }
 
 /// Maintains every bronze and silver table of the catalog (or only `only`, `namespace.table`).

@@ -218,8 +218,12 @@ pub async fn stopped_tables(catalog: &dyn Catalog) -> Result<Vec<String>> {
         .get_namespace(&ns)
         .await
         .map_err(LakehouseError::iceberg(&"namespace silver"))?;
-    Ok(namespace
-        .properties()
+    Ok(parse_stopped(namespace.properties()))
+}
+
+/// The stopped tables recorded in the `silver` namespace's properties.
+pub(crate) fn parse_stopped(props: &std::collections::HashMap<String, String>) -> Vec<String> {
+    props
         .get(STOPPED_TABLES_PROPERTY)
         .map(|v| {
             v.split(',')
@@ -227,7 +231,7 @@ pub async fn stopped_tables(catalog: &dyn Catalog) -> Result<Vec<String>> {
                 .map(str::to_string)
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 fn lsn_column(batch: &RecordBatch) -> Result<&[i64]> {

@@ -55,6 +55,14 @@ async fn open(
         .with_default_catalog_and_schema(CATALOG_NAME, "bronze")
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
+    // A consistent read takes the watermark (and the stopped tables) *before* loading any
+    // table: every table loaded afterwards has committed at least up to it. Loading first
+    // could pin a table at an older snapshot than the watermark it is then read at.
+    let watermark = if consistent {
+        Some(read_watermark(catalog.as_ref()).await?)
+    } else {
+        None
+    };
     let provider = IcebergCatalogProvider::try_new(catalog.clone())
         .await
         .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
@@ -91,23 +99,7 @@ async fn open(
         ctx.register_catalog(CATALOG_NAME, Arc::new(current));
         return Ok((ctx, None));
     }
-    let ns = NamespaceIdent::new(SILVER_NAMESPACE.to_string());
-    let lsn = if catalog
-        .namespace_exists(&ns)
-        .await
-        .map_err(LakehouseError::iceberg(&"namespace silver"))?
-    {
-        catalog
-            .get_namespace(&ns)
-            .await
-            .map_err(LakehouseError::iceberg(&"namespace silver"))?
-            .properties()
-            .get(CONSISTENT_LSN_PROPERTY)
-            .and_then(|v| v.parse::<u64>().ok())
-    } else {
-        None
-    };
-    let Some(lsn) = lsn else {
+    let Some((Some(lsn), stopped)) = watermark else {
         return Ok((ctx, None));
     };
     // Every schema as the catalog has it, except silver: each table pinned at `lsn`.
@@ -122,7 +114,6 @@ async fn open(
     }
     let silver = Arc::new(MemorySchemaProvider::new());
     // A table whose capture stopped is not at `lsn`: leave it out rather than mislead.
-    let stopped = crate::medallion::stopped_tables(catalog.as_ref()).await?;
     for (name, table) in tables.iter() {
         let Some(short) = name.strip_prefix("silver.") else {
             continue;
@@ -143,6 +134,29 @@ async fn open(
     pinned.register_schema(SILVER_NAMESPACE, silver)?;
     ctx.register_catalog(CATALOG_NAME, Arc::new(pinned));
     Ok((ctx, Some(lsn)))
+}
+
+/// The consistent position of silver and the tables whose capture stopped, read together
+/// from the `silver` namespace's properties.
+async fn read_watermark(catalog: &dyn Catalog) -> Result<(Option<u64>, Vec<String>)> {
+    let ns = NamespaceIdent::new(SILVER_NAMESPACE.to_string());
+    if !catalog
+        .namespace_exists(&ns)
+        .await
+        .map_err(LakehouseError::iceberg(&"namespace silver"))?
+    {
+        return Ok((None, Vec::new()));
+    }
+    let props = catalog
+        .get_namespace(&ns)
+        .await
+        .map_err(LakehouseError::iceberg(&"namespace silver"))?
+        .properties()
+        .clone();
+    let lsn = props
+        .get(CONSISTENT_LSN_PROPERTY)
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok((lsn, crate::medallion::parse_stopped(&props)))
 }
 
 /// Every bronze and silver table, loaded once, by `namespace.table`.

@@ -400,6 +400,7 @@ impl SilverSink {
                 .iter()
                 .map(|f| f.file_path().to_string())
                 .collect();
+            let mut base_files = None;
             loop {
                 attempt += 1;
                 let delta = RowDelta {
@@ -442,13 +443,18 @@ impl SilverSink {
                     Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => e,
                     Err(e) => return Err(e.into()),
                 };
-                // Re-validate on the new table state: only a concurrent rewrite (maintenance)
-                // can invalidate the plan, by removing files its positions point into.
+                // Re-validate on the new table state. The index (and so the plan) describes
+                // exactly the live data files of the old base: a new base is taken only if it
+                // holds the same ones (an expiry, say); a rewrite that removed or added files
+                // (maintenance) means re-planning on a rebuilt index.
                 tokio::time::sleep(retry_pause(attempt)).await;
-                let before = live_data_paths(&t.table).await?;
+                if base_files.is_none() {
+                    // Still the base the plan was made on: read its files once per plan.
+                    base_files = Some(live_data_paths(&t.table).await?);
+                }
                 t.table = crate::bronze::reload_behind(catalog.as_ref(), &t.ident, lsn).await?;
                 let after = live_data_paths(&t.table).await?;
-                if before.is_subset(&after) {
+                if base_files.as_ref() == Some(&after) {
                     tracing::debug!(table = %t.ident, attempt, error = %err, "silver commit lost a race; retrying on the new base");
                     continue;
                 }

@@ -1,7 +1,7 @@
 """Reads BitVelocity's bronze and silver tables with other engines and compares them with PostgreSQL.
 
-pyiceberg (SqlCatalog over the warehouse's catalog.db) and DuckDB (iceberg_scan of the
-current metadata file) each replay every bronze change log (latest change per key by _lsn,
+pyiceberg (SqlCatalog over the warehouse's SQLite or PostgreSQL catalog) and DuckDB (iceberg_scan
+of the current metadata file, through httpfs for an s3:// warehouse) each replay every bronze change log (latest change per key by _lsn,
 _seq) and read every silver table (data files minus its position-delete files); both must
 return exactly the rows `SELECT * FROM` returns in PostgreSQL.
 Exit status 0 on success; prints one line per table, layer and engine.
@@ -97,20 +97,36 @@ def replay(records, columns, key, real_idx):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--warehouse", required=True)
+    p.add_argument("--warehouse", required=True, help="file:///<dir> or s3://bucket/prefix")
+    p.add_argument("--catalog", required=True, help="SQLAlchemy URI of the SQL catalog")
     p.add_argument("--pg", required=True)
     p.add_argument("--tables", required=True)
     p.add_argument("--time-travel", help="JSON: table, snapshot, column, rows {id: text} as of that snapshot")
     a = p.parse_args()
-    wh = os.path.abspath(a.warehouse)
-    catalog = SqlCatalog(
-        "bitvelocity", uri=f"sqlite:///{wh}/catalog.db", warehouse=f"file://{wh}"
-    )
+    props = {}
+    s3 = a.warehouse.startswith("s3://")
+    if s3:
+        # The standard AWS environment, as the ingester reads it.
+        props = {
+            "s3.endpoint": os.environ["AWS_ENDPOINT_URL"],
+            "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+            "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
+            "s3.region": os.environ.get("AWS_REGION", "us-east-1"),
+        }
+    catalog = SqlCatalog("bitvelocity", uri=a.catalog, warehouse=a.warehouse, **props)
     import duckdb_ext
 
     ext_dir = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
     duck = duckdb.connect(config={"extension_directory": ext_dir, "autoinstall_known_extensions": False})
     duck.execute("LOAD iceberg")
+    if s3:
+        duck.execute("LOAD httpfs")
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        duck.execute(
+            f"""CREATE SECRET lake (TYPE s3, KEY_ID '{props["s3.access-key-id"]}', SECRET '{props["s3.secret-access-key"]}',
+                ENDPOINT '{endpoint.split("://", 1)[1]}', URL_STYLE 'path', USE_SSL {str(endpoint.startswith("https")).lower()},
+                REGION '{props["s3.region"]}')"""
+        )
     failures = 0
     with psycopg.connect(a.pg) as conn:
         for name in a.tables.split(","):

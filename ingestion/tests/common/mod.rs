@@ -51,6 +51,141 @@ pub enum Val {
 
 pub type Rows = BTreeMap<Vec<Val>, Vec<Val>>;
 
+/// Anything that names a warehouse: a local folder, or an opened [`catalog::Warehouse`]
+/// (an S3 one with a PostgreSQL catalog, say).
+pub trait AsWarehouse {
+    fn warehouse(&self) -> catalog::Warehouse;
+}
+
+impl AsWarehouse for Path {
+    fn warehouse(&self) -> catalog::Warehouse {
+        catalog::Warehouse::new(self).unwrap()
+    }
+}
+
+impl AsWarehouse for std::path::PathBuf {
+    fn warehouse(&self) -> catalog::Warehouse {
+        catalog::Warehouse::new(self).unwrap()
+    }
+}
+
+impl AsWarehouse for catalog::Warehouse {
+    fn warehouse(&self) -> catalog::Warehouse {
+        self.clone()
+    }
+}
+
+/// PostgreSQL (catalog database) and SeaweedFS (S3) for a warehouse on object storage.
+pub struct ObjectStoreBackend {
+    pub warehouse: catalog::Warehouse,
+    pub s3: domains::SeaweedFs,
+    pub catalog_pg: domains::PgCluster,
+}
+
+impl ObjectStoreBackend {
+    /// Starts both servers; the warehouse is `s3://lake/<prefix>` with its catalog in PostgreSQL.
+    pub async fn start(prefix: &str) -> Self {
+        let (catalog_pg, s3) = tokio::task::spawn_blocking(|| {
+            let pg = domains::PgCluster::start().expect("start catalog postgres");
+            pg.create_database("catalog").unwrap();
+            let s3 = domains::SeaweedFs::start().expect("start SeaweedFS");
+            s3.create_bucket("lake").unwrap();
+            (pg, s3)
+        })
+        .await
+        .unwrap();
+        let warehouse = catalog::Warehouse::open(
+            &format!("s3://lake/{prefix}"),
+            Some(&catalog_pg.url("catalog")),
+        )
+        .unwrap()
+        .with_storage_props(s3_props(&s3));
+        Self {
+            warehouse,
+            s3,
+            catalog_pg,
+        }
+    }
+
+    /// The `bitvelocity` arguments naming this warehouse and catalog.
+    pub fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--warehouse".into(),
+            self.warehouse.url(),
+            "--catalog".into(),
+            self.catalog_pg.url("catalog"),
+        ]
+    }
+
+    /// The standard AWS environment a `bitvelocity` (or Python) process needs for this S3.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        self.s3.env()
+    }
+
+    /// The catalog URI pyiceberg's `SqlCatalog` (SQLAlchemy) opens.
+    pub fn sqlalchemy_catalog(&self) -> String {
+        format!(
+            "postgresql+psycopg://postgres@127.0.0.1:{}/catalog",
+            self.catalog_pg.port()
+        )
+    }
+}
+
+/// A warehouse as a `bitvelocity` process names it: arguments and environment.
+pub struct CliWarehouse {
+    pub warehouse: catalog::Warehouse,
+    pub cli_args: Vec<String>,
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl CliWarehouse {
+    /// A local folder with its embedded SQLite catalog.
+    pub fn local(dir: &Path) -> Self {
+        Self {
+            warehouse: catalog::Warehouse::new(dir).unwrap(),
+            cli_args: vec!["--warehouse".into(), dir.display().to_string()],
+            env: Vec::new(),
+        }
+    }
+
+    /// The S3 warehouse and PostgreSQL catalog of `backend`.
+    pub fn object_store(backend: &ObjectStoreBackend) -> Self {
+        Self {
+            warehouse: backend.warehouse.clone(),
+            cli_args: backend.cli_args(),
+            env: backend.env(),
+        }
+    }
+
+    /// Adds the warehouse arguments and environment to a `bitvelocity` command.
+    pub fn apply(&self, c: &mut std::process::Command) {
+        c.args(&self.cli_args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v)));
+    }
+}
+
+impl AsWarehouse for CliWarehouse {
+    fn warehouse(&self) -> catalog::Warehouse {
+        self.warehouse.clone()
+    }
+}
+
+/// iceberg's `s3.*` properties for a project-managed SeaweedFS.
+pub fn s3_props(s3: &domains::SeaweedFs) -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([
+        ("s3.endpoint".to_string(), s3.endpoint()),
+        (
+            "s3.access-key-id".to_string(),
+            domains::s3::ACCESS_KEY.to_string(),
+        ),
+        (
+            "s3.secret-access-key".to_string(),
+            domains::s3::SECRET_KEY.to_string(),
+        ),
+        ("s3.region".to_string(), domains::s3::REGION.to_string()),
+    ])
+}
+
 /// Starts a managed PostgreSQL with database `db` (blocking work off the runtime).
 pub async fn start_pg(db: &str) -> (domains::PgCluster, String) {
     let pg = tokio::task::spawn_blocking(domains::PgCluster::start)
@@ -280,8 +415,11 @@ pub struct ChangeRow {
 }
 
 /// Every row of `bronze.<table>` ordered by (`_lsn`, `_seq`).
-pub async fn bronze_changes(warehouse: &Path, t: &SourceTable) -> Vec<ChangeRow> {
-    let wh = catalog::Warehouse::new(warehouse).unwrap();
+pub async fn bronze_changes(
+    warehouse: &(impl AsWarehouse + ?Sized),
+    t: &SourceTable,
+) -> Vec<ChangeRow> {
+    let wh = warehouse.warehouse();
     let cat = wh.open_catalog().await.unwrap();
     let ctx = lakehouse::query::session(cat).await.unwrap();
     let sql = format!(
@@ -386,14 +524,18 @@ pub fn assert_no_duplicates(t: &SourceTable, changes: &[ChangeRow]) {
 
 /// Every row of `silver.<table>` as key → row (iceberg's reader applies the delete files);
 /// panics on a key that appears twice.
-pub async fn silver_rows(warehouse: &Path, t: &SourceTable) -> Rows {
+pub async fn silver_rows(warehouse: &(impl AsWarehouse + ?Sized), t: &SourceTable) -> Rows {
     let sql = format!("SELECT * FROM silver.\"{}\"", t.changelog.table_name());
     query_rows(warehouse, t, &sql).await
 }
 
 /// The rows a query over the warehouse returns, as key → row of `t`'s columns.
-pub async fn query_rows(warehouse: &Path, t: &SourceTable, sql: &str) -> Rows {
-    let wh = catalog::Warehouse::new(warehouse).unwrap();
+pub async fn query_rows(
+    warehouse: &(impl AsWarehouse + ?Sized),
+    t: &SourceTable,
+    sql: &str,
+) -> Rows {
+    let wh = warehouse.warehouse();
     let cat = wh.open_catalog().await.unwrap();
     let ctx = lakehouse::query::session(cat).await.unwrap();
     let batches = lakehouse::query::run(&ctx, sql).await.expect("query");
@@ -419,7 +561,11 @@ pub async fn query_rows(warehouse: &Path, t: &SourceTable, sql: &str) -> Rows {
 }
 
 /// Asserts `silver.<table>` equals the source table, row for row.
-pub async fn assert_silver_matches(client: &Client, warehouse: &Path, t: &SourceTable) -> usize {
+pub async fn assert_silver_matches(
+    client: &Client,
+    warehouse: &(impl AsWarehouse + ?Sized),
+    t: &SourceTable,
+) -> usize {
     let got = silver_rows(warehouse, t).await;
     let want = pg_rows(client, t).await;
     assert_same_rows("silver", t, &got, &want);
@@ -427,7 +573,11 @@ pub async fn assert_silver_matches(client: &Client, warehouse: &Path, t: &Source
 }
 
 /// Asserts the replayed bronze state equals the source table, row for row.
-pub async fn assert_bronze_matches(client: &Client, warehouse: &Path, t: &SourceTable) -> usize {
+pub async fn assert_bronze_matches(
+    client: &Client,
+    warehouse: &(impl AsWarehouse + ?Sized),
+    t: &SourceTable,
+) -> usize {
     let changes = bronze_changes(warehouse, t).await;
     assert_no_duplicates(t, &changes);
     let got = replay(t, &changes);
@@ -471,13 +621,13 @@ pub fn arc<T>(t: T) -> Arc<T> {
 pub async fn ingest_caught_up(
     url: &str,
     publication: &str,
-    warehouse: &Path,
+    warehouse: &(impl AsWarehouse + ?Sized),
 ) -> ingestion::Result<ingestion::IngestReport> {
     let mut cfg = ingestion::IngestConfig::new(url, publication);
     cfg.exit_when_caught_up = true;
     cfg.batch_rows = 500;
     cfg.flush_rows = 256;
-    let wh = catalog::Warehouse::new(warehouse).unwrap();
+    let wh = warehouse.warehouse();
     let cat = wh.open_catalog().await.unwrap();
     let sink = lakehouse::MedallionSink::new(cat, wh.commit_path().await.unwrap())
         .await

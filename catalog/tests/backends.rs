@@ -1,0 +1,300 @@
+//! One behaviour suite for every catalog and storage backend: SQLite on local disk, and
+//! PostgreSQL with S3 object storage (a real SeaweedFS), both started by the test.
+//!
+//! It covers the pointer swap contract, the commit path (including a swap whose
+//! acknowledgement is lost, and one whose outcome cannot be learned), snapshot summaries,
+//! and listing through the storage.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use catalog::commit::{CommitPath, RowDelta};
+use catalog::pointer::PointerStore;
+use catalog::{Catalog, CatalogError, NamespaceIdent, TableIdent, Warehouse};
+use iceberg::TableCreation;
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+
+/// A backend under test, with the servers it needs kept alive.
+struct Backend {
+    warehouse: Warehouse,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<domains::PgCluster>,
+    _s3: Option<domains::SeaweedFs>,
+}
+
+fn sqlite_local() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend {
+        warehouse: Warehouse::new(dir.path().join("wh")).unwrap(),
+        _dir: Some(dir),
+        _pg: None,
+        _s3: None,
+    }
+}
+
+async fn postgres_s3() -> Backend {
+    let (pg, s3) = tokio::task::spawn_blocking(|| {
+        let pg = domains::PgCluster::start().expect("start postgres");
+        pg.create_database("catalog").unwrap();
+        let s3 = domains::SeaweedFs::start().expect("start SeaweedFS");
+        s3.create_bucket("lake").unwrap();
+        (pg, s3)
+    })
+    .await
+    .unwrap();
+    let props = HashMap::from([
+        ("s3.endpoint".to_string(), s3.endpoint()),
+        (
+            "s3.access-key-id".to_string(),
+            domains::s3::ACCESS_KEY.to_string(),
+        ),
+        (
+            "s3.secret-access-key".to_string(),
+            domains::s3::SECRET_KEY.to_string(),
+        ),
+        ("s3.region".to_string(), domains::s3::REGION.to_string()),
+    ]);
+    let warehouse = Warehouse::open("s3://lake/warehouse", Some(&pg.url("catalog")))
+        .unwrap()
+        .with_storage_props(props);
+    Backend {
+        warehouse,
+        _dir: None,
+        _pg: Some(pg),
+        _s3: Some(s3),
+    }
+}
+
+async fn create_table(catalog: &dyn Catalog, name: &str) -> iceberg::table::Table {
+    let ns = catalog::ensure_namespace(catalog, "suite").await.unwrap();
+    let schema = Schema::builder()
+        .with_fields(vec![
+            NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+        ])
+        .build()
+        .unwrap();
+    catalog
+        .create_table(
+            &ns,
+            TableCreation::builder()
+                .name(name.to_string())
+                .schema(schema)
+                .build(),
+        )
+        .await
+        .unwrap()
+}
+
+fn ident(name: &str) -> TableIdent {
+    TableIdent::new(NamespaceIdent::new("suite".into()), name.to_string())
+}
+
+fn delta(marker: &str) -> RowDelta {
+    RowDelta {
+        properties: HashMap::from([("suite.marker".to_string(), marker.to_string())]),
+        ..RowDelta::default()
+    }
+}
+
+/// Applies the swap, then reports a lost connection: the caller cannot know it applied.
+#[derive(Debug)]
+struct LostAck {
+    inner: Box<dyn PointerStore>,
+    lost: AtomicU32,
+}
+
+#[async_trait]
+impl PointerStore for LostAck {
+    async fn compare_and_swap(
+        &self,
+        table: &TableIdent,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let applied = self.inner.compare_and_swap(table, expected, new).await?;
+        if self.lost.fetch_add(1, Ordering::SeqCst) == 0 {
+            assert!(applied, "the first swap applies");
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        Ok(applied)
+    }
+
+    async fn current(&self, table: &TableIdent) -> Result<Option<String>, sqlx::Error> {
+        self.inner.current(table).await
+    }
+}
+
+/// A catalog database that cannot be reached at all.
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait]
+impl PointerStore for Unreachable {
+    async fn compare_and_swap(
+        &self,
+        _: &TableIdent,
+        _: &str,
+        _: &str,
+    ) -> Result<bool, sqlx::Error> {
+        Err(sqlx::Error::PoolTimedOut)
+    }
+
+    async fn current(&self, _: &TableIdent) -> Result<Option<String>, sqlx::Error> {
+        Err(sqlx::Error::PoolTimedOut)
+    }
+}
+
+async fn suite(b: Backend) {
+    let wh = &b.warehouse;
+    let catalog = wh.open_catalog().await.expect("open catalog");
+    let pointers = wh.catalog_url().pointers().await.expect("pointers");
+
+    // The pointer swap contract.
+    let table = create_table(catalog.as_ref(), "pointers").await;
+    let id = ident("pointers");
+    let start = table.metadata_location().unwrap().to_string();
+    assert_eq!(pointers.current(&id).await.unwrap(), Some(start.clone()));
+    assert_eq!(pointers.current(&ident("missing")).await.unwrap(), None);
+    assert!(
+        !pointers
+            .compare_and_swap(&id, "elsewhere", "x1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(pointers.current(&id).await.unwrap(), Some(start.clone()));
+    assert!(pointers.compare_and_swap(&id, &start, "x1").await.unwrap());
+    assert!(
+        !pointers.compare_and_swap(&id, &start, "x1").await.unwrap(),
+        "a replayed swap from the old base does not apply again"
+    );
+    // Many writers from one base: exactly one wins.
+    let shared: Arc<dyn PointerStore> = Arc::from(wh.catalog_url().pointers().await.unwrap());
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let p = shared.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            p.compare_and_swap(&id, "x1", &format!("y{k}"))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += t.await.unwrap() as u32;
+    }
+    assert_eq!(wins, 1, "exactly one concurrent swap applies");
+
+    // Commits through the commit path, racing: one wins, the others conflict.
+    let commits = wh.commit_path().await.unwrap();
+    create_table(catalog.as_ref(), "commits").await;
+    let base = catalog.load_table(&ident("commits")).await.unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..4 {
+        let (commits, catalog, base) = (commits.clone(), catalog.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            commits
+                .commit_row_delta(catalog.as_ref(), &base, delta(&format!("race{k}")))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert!(
+                matches!(e, CatalogError::CommitConflict { .. }) && e.is_retryable(),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(ok, 1);
+    let t = catalog.load_table(&ident("commits")).await.unwrap();
+    let summary = &t.metadata().current_snapshot().unwrap().summary();
+    for key in [
+        "added-data-files",
+        "added-records",
+        "total-records",
+        "total-data-files",
+    ] {
+        assert_eq!(
+            summary.additional_properties.get(key).map(String::as_str),
+            Some("0"),
+            "{key} in {summary:?}"
+        );
+    }
+
+    // A lost acknowledgement: the swap applied, the caller saw an error. The commit path
+    // resolves it to "committed" and the snapshot is there exactly once.
+    let lost = CommitPath::new(Arc::new(LostAck {
+        inner: wh.catalog_url().pointers().await.unwrap(),
+        lost: AtomicU32::new(0),
+    }));
+    let committed = lost
+        .commit_row_delta(catalog.as_ref(), &t, delta("lost-ack"))
+        .await
+        .expect("a lost acknowledgement is resolved as committed");
+    let reloaded = catalog.load_table(&ident("commits")).await.unwrap();
+    assert_eq!(
+        reloaded.metadata_location(),
+        committed.metadata_location(),
+        "the returned table is the committed one"
+    );
+    let markers: Vec<_> = reloaded
+        .metadata()
+        .snapshots()
+        .filter(|s| {
+            s.summary().additional_properties.get("suite.marker") == Some(&"lost-ack".into())
+        })
+        .collect();
+    assert_eq!(markers.len(), 1);
+
+    // An unreachable catalog: the outcome is unknown, reported as such, and the metadata
+    // file it would have published is kept.
+    let unknown = CommitPath::new(Arc::new(Unreachable));
+    let e = unknown
+        .commit_row_delta(catalog.as_ref(), &reloaded, delta("unknown"))
+        .await
+        .unwrap_err();
+    let CatalogError::CommitOutcomeUnknown {
+        metadata_location, ..
+    } = &e
+    else {
+        panic!("expected an unknown outcome, got {e}");
+    };
+    assert!(e.may_have_committed() && !e.is_retryable());
+    assert!(
+        reloaded.file_io().exists(metadata_location).await.unwrap(),
+        "files of a commit with an unknown outcome are kept"
+    );
+
+    // Listing through the storage finds the table's metadata files.
+    let listed = wh
+        .storage()
+        .list(&format!("{}/", reloaded.metadata().location()))
+        .await
+        .unwrap();
+    let metadata_files = listed
+        .iter()
+        .filter(|f| f.location.ends_with(".metadata.json"))
+        .count();
+    assert!(metadata_files >= 3, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|f| Some(f.location.as_str()) == reloaded.metadata_location()),
+        "listing names files as the catalog does: {listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_on_local_disk() {
+    suite(sqlite_local()).await;
+}
+
+#[tokio::test]
+async fn postgres_on_s3() {
+    suite(postgres_s3().await).await;
+}
