@@ -336,6 +336,10 @@ async fn main() {
 /// How long an ingester's warehouse lease lasts without renewal (renewed every third of it).
 const LEASE_TTL: Duration = Duration::from_secs(30);
 
+/// The youngest unreferenced file `maintain` removes while an ingester holds the warehouse:
+/// older than any batch in flight.
+const MIN_ORPHAN_AGE_WHILE_INGESTING: Duration = Duration::from_secs(15 * 60);
+
 /// This machine's name, for lease messages.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -365,7 +369,9 @@ async fn ingest(
             LEASE_TTL,
         )
         .await?;
-    let mut sink = lakehouse::MedallionSink::new(catalog, commits).await?;
+    let mut sink = lakehouse::MedallionSink::new(catalog, commits)
+        .await?
+        .with_leases(wh.catalog_url().leases().await?);
     if let Some(auto) = auto {
         sink = sink.with_auto_maintenance(auto);
     }
@@ -431,13 +437,37 @@ async fn maintain(
     let wh = warehouse.open_existing()?;
     let catalog = wh.open_catalog().await?;
     let commits = wh.commit_path().await?;
+    let leases = wh.catalog_url().leases().await?;
+    let mut opts = opts;
+    if let Some(ingester) = leases.holder(catalog::lease::INGESTER_LEASE).await?
+        && ingester.is_live()
+        && opts.orphan_older_than < MIN_ORPHAN_AGE_WHILE_INGESTING
+    {
+        // Files of a batch the ingester has not committed yet look like orphans.
+        eprintln!(
+            "an ingester ({}) holds this warehouse: removing only orphans older than {} s",
+            ingester.holder,
+            MIN_ORPHAN_AGE_WHILE_INGESTING.as_secs()
+        );
+        opts.orphan_older_than = MIN_ORPHAN_AGE_WHILE_INGESTING;
+    }
+    let lease = leases
+        .hold(
+            catalog::lease::MAINTENANCE_LEASE,
+            &format!("maintain:{} pid {}", hostname(), std::process::id()),
+            &hostname(),
+            LEASE_TTL,
+        )
+        .await?;
     let reports = lakehouse::maintenance::maintain_warehouse(
         catalog.as_ref(),
         &commits,
         table.as_deref(),
         &opts,
     )
-    .await?;
+    .await;
+    lease.release().await?;
+    let reports = reports?;
     println!(
         "{:<24} {:>9} {:>9} {:>7} {:>10} {:>10} {:>8} {:>8}",
         "table", "rewritten", "deletes", "written", "rows kept", "purged", "expired", "orphans"

@@ -48,6 +48,36 @@ fn demo_matches_postgres_and_leaves_a_queryable_warehouse() {
         table.contains("| insert |") && table.contains("| update |"),
         "{table}"
     );
+    // An unqualified name is the current state: silver.
+    let out = Command::new(bin())
+        .args([
+            "sql",
+            "SELECT (SELECT count(*) FROM orders) = (SELECT count(*) FROM silver.orders) AS same, \
+             (SELECT count(*) FROM orders) < (SELECT count(*) FROM bronze.orders) AS fewer_than_changes",
+            "--warehouse",
+        ])
+        .arg(&wh)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("| true | true "), "{table}");
+    // The demo empties only a folder it created: its own, yes; any other, never.
+    let again = Command::new(bin())
+        .args(["demo", "--operations", "50", "--warehouse"])
+        .arg(&wh)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let mine = dir.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("precious.txt"), "keep me").unwrap();
+    let e = one_line_error(&["demo", "--warehouse", mine.to_str().unwrap()]);
+    assert!(e.contains("was not created by the demo"), "{e}");
+    assert!(mine.join("precious.txt").exists());
 }
 
 fn one_line_error(args: &[&str]) -> String {
@@ -73,6 +103,25 @@ fn bad_input_is_a_clear_one_line_error() {
         wh,
     ]);
     assert!(e.starts_with("error: invalid PostgreSQL URL"), "{e}");
+    // Warehouse locations: an unknown scheme is refused (never a local folder named after
+    // it), and object storage needs a catalog.
+    let e = one_line_error(&["sql", "SELECT 1", "--warehouse", "gs://bucket/lake"]);
+    assert!(e.contains("unknown scheme gs"), "{e}");
+    assert!(!std::path::Path::new("gs:").exists());
+    let e = one_line_error(&["sql", "SELECT 1", "--warehouse", "s3://bucket/lake"]);
+    assert!(e.contains("--catalog"), "{e}");
+    let e = one_line_error(&[
+        "sql",
+        "SELECT 1",
+        "--warehouse",
+        wh,
+        "--catalog",
+        "mysql://u:secret@h/db",
+    ]);
+    assert!(
+        e.contains("mysql://u:***@h/db") && !e.contains("secret"),
+        "{e}"
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -93,7 +93,7 @@ pub enum CatalogError {
     },
     /// Another process holds the warehouse's lease (a second ingester, say).
     #[error(
-        "the warehouse's {name} lease is held by {holder}: another ingester runs on this warehouse (stop it, or wait for its lease to expire)"
+        "the warehouse's {name} lease is held by {holder}: another {name} runs on this warehouse (stop it, or wait for its lease to expire)"
     )]
     LeaseHeld {
         /// The lease.

@@ -20,6 +20,9 @@ use crate::{CATALOG_NAME, CatalogError, Result};
 
 /// The lease every ingester of a warehouse takes.
 pub const INGESTER_LEASE: &str = "ingester";
+/// The lease `bitvelocity maintain` takes: one maintenance run at a time, and automatic
+/// orphan removal in the ingester pauses while it is held.
+pub const MAINTENANCE_LEASE: &str = "maintenance";
 
 /// Who holds a lease, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]

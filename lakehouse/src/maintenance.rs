@@ -496,9 +496,9 @@ pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usiz
             }
         }
     }
-    let cutoff = SystemTime::now()
-        .checked_sub(older_than)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let Some(cutoff) = SystemTime::now().checked_sub(older_than) else {
+        return Ok((0, 0)); // nothing is that old: removal is off
+    };
     let storage = catalog::ObjectStorage::from_config(file_io.config());
     let root = format!("{}/", meta.location().trim_end_matches('/'));
     let index_dir = format!("/{}/", crate::pk_index::INDEX_DIR);

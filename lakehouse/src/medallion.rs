@@ -8,6 +8,7 @@
 //! position per table, exactly as with bronze alone.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, SchemaRef};
@@ -34,6 +35,9 @@ pub struct MedallionSink {
     silver: SilverSink,
     names: Vec<String>,
     auto: Option<AutoMaintenance>,
+    /// The warehouse's leases: automatic orphan removal pauses while `bitvelocity maintain`
+    /// holds the maintenance lease (its compaction's files are in flight).
+    leases: Option<catalog::lease::Leases>,
     /// Per table: written since the last commit, and commits since its last maintenance.
     written: Vec<bool>,
     since_maintenance: Vec<u32>,
@@ -82,6 +86,7 @@ impl MedallionSink {
             commits,
             names: Vec::new(),
             auto: None,
+            leases: None,
             written: Vec::new(),
             since_maintenance: Vec::new(),
             positioned: Vec::new(),
@@ -95,8 +100,26 @@ impl MedallionSink {
         self
     }
 
+    /// Consults the warehouse's leases before removing orphans (see [`Self::maintain`]).
+    pub fn with_leases(mut self, leases: catalog::lease::Leases) -> Self {
+        self.leases = Some(leases);
+        self
+    }
+
     /// Compacts, expires and sweeps both tables of `idx`, then picks up their new state.
     async fn maintain(&mut self, idx: usize, opts: &MaintenanceOptions) -> Result<()> {
+        let mut opts = opts.clone();
+        if let Some(leases) = &self.leases
+            && leases
+                .holder(catalog::lease::MAINTENANCE_LEASE)
+                .await?
+                .is_some_and(|h| h.is_live())
+        {
+            // Another process compacts now: files it has written but not yet committed look
+            // like orphans. Leave orphans for a later round.
+            opts.orphan_older_than = Duration::MAX;
+        }
+        let opts = &opts;
         for ident in [self.bronze.ident(idx), self.silver.ident(idx)]
             .into_iter()
             .flatten()

@@ -52,7 +52,7 @@ async fn open(
     consistent: bool,
 ) -> Result<(SessionContext, Option<u64>)> {
     let config = SessionConfig::new()
-        .with_default_catalog_and_schema(CATALOG_NAME, "bronze")
+        .with_default_catalog_and_schema(CATALOG_NAME, SILVER_NAMESPACE)
         .with_information_schema(true);
     let ctx = SessionContext::new_with_config(config);
     // A consistent read takes the watermark (and the stopped tables) *before* loading any
