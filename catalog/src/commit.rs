@@ -334,6 +334,9 @@ impl CommitPath {
             .map_err(err)?;
 
         let ident = table.identifier();
+        let ours = new_meta
+            .current_snapshot_id()
+            .filter(|id| table.metadata().snapshot_by_id(*id).is_none());
         let mut swap = self
             .pointers
             .compare_and_swap(ident, &current, &location)
@@ -342,9 +345,33 @@ impl CommitPath {
         let committed = loop {
             let e = match swap {
                 Ok(true) => break true,
-                // Not moved by this attempt; an earlier attempt of ours may have applied.
+                // The swap answered and did not apply, and no earlier attempt is in doubt.
+                Ok(false) if failures == 0 => break false,
+                // An earlier attempt of ours may have applied, and others may have committed
+                // on top of it since: look for our metadata in the current one's history.
                 Ok(false) => match self.pointers.current(ident).await {
-                    Ok(p) => break p.as_deref() == Some(location.as_str()),
+                    Ok(Some(p)) if p == location => break true,
+                    Ok(Some(p)) => match published_before(file_io, &p, &location, ours).await {
+                        Ok(found) => break found,
+                        Err(e) => {
+                            tracing::error!(table = %name, metadata = %location, error = %e, "commit outcome unknown");
+                            return Err(CatalogError::CommitOutcomeUnknown {
+                                table: name,
+                                metadata_location: location,
+                                source: Box::new(e),
+                            });
+                        }
+                    },
+                    Ok(None) => {
+                        return Err(CatalogError::CommitOutcomeUnknown {
+                            table: name.clone(),
+                            metadata_location: location,
+                            source: Box::new(iceberg::Error::new(
+                                iceberg::ErrorKind::TableNotFound,
+                                format!("{name} was dropped while its commit was in doubt"),
+                            )),
+                        });
+                    }
                     Err(e) => e,
                 },
                 Err(e) => e,
@@ -355,21 +382,23 @@ impl CommitPath {
                 return Err(CatalogError::CommitOutcomeUnknown {
                     table: name,
                     metadata_location: location,
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             tracing::warn!(table = %name, failures, error = %e, "pointer swap failed; resolving its outcome");
             tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
             // Swapping again from the same base to the same location is safe: at most one
-            // attempt can apply, and a pointer that moved elsewhere is read above.
+            // attempt can apply, and a pointer that moved elsewhere is examined above.
             swap = self
                 .pointers
                 .compare_and_swap(ident, &current, &location)
                 .await;
         };
         if !committed {
-            // The metadata file is unreferenced: nothing can ever publish it.
-            let _ = file_io.delete(&location).await;
+            if failures == 0 {
+                // The swap answered "not applied": nothing can ever publish this file.
+                let _ = file_io.delete(&location).await;
+            }
             return Err(CatalogError::CommitConflict {
                 table: name.clone(),
                 source: Box::new(iceberg::Error::new(
@@ -399,6 +428,22 @@ impl CommitPath {
             }
         }
     }
+}
+
+/// Whether the metadata at `current` descends from ours: `ours_location` is in its metadata
+/// log, or our snapshot is among its snapshots.
+async fn published_before(
+    file_io: &iceberg::io::FileIO,
+    current: &str,
+    ours_location: &str,
+    ours_snapshot: Option<i64>,
+) -> iceberg::Result<bool> {
+    let meta = TableMetadata::read_from(file_io, current).await?;
+    Ok(meta
+        .metadata_log()
+        .iter()
+        .any(|m| m.metadata_file == ours_location)
+        || ours_snapshot.is_some_and(|id| meta.snapshot_by_id(id).is_some()))
 }
 
 /// Sizes and counts of a set of files, for the snapshot summary.

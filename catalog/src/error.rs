@@ -76,7 +76,7 @@ pub enum CatalogError {
         metadata_location: String,
         /// The last error seen while resolving.
         #[source]
-        source: sqlx::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The commit is published, but the table could not be loaded back afterwards.
     #[error(

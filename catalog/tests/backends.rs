@@ -126,6 +126,42 @@ impl PointerStore for LostAck {
     }
 }
 
+type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// Applies the swap, lets another writer commit on top of it, then reports a lost connection.
+struct LostAckThenOvertaken {
+    inner: Box<dyn PointerStore>,
+    hook: tokio::sync::Mutex<Option<Hook>>,
+}
+
+impl std::fmt::Debug for LostAckThenOvertaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LostAckThenOvertaken")
+    }
+}
+
+#[async_trait]
+impl PointerStore for LostAckThenOvertaken {
+    async fn compare_and_swap(
+        &self,
+        table: &TableIdent,
+        expected: &str,
+        new: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let applied = self.inner.compare_and_swap(table, expected, new).await?;
+        if let Some(hook) = self.hook.lock().await.take() {
+            assert!(applied, "the first swap applies");
+            hook().await;
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        Ok(applied)
+    }
+
+    async fn current(&self, table: &TableIdent) -> Result<Option<String>, sqlx::Error> {
+        self.inner.current(table).await
+    }
+}
+
 /// A catalog database that cannot be reached at all.
 #[derive(Debug)]
 struct Unreachable;
@@ -250,6 +286,54 @@ async fn suite(b: Backend) {
         })
         .collect();
     assert_eq!(markers.len(), 1);
+
+    // A lost acknowledgement, and before the retry another writer committed on top of ours:
+    // the pointer names theirs, whose history holds ours, so ours is committed (reporting a
+    // conflict here would make a compaction delete the files it just published).
+    let overtaker = (catalog.clone(), wh.commit_path().await.unwrap());
+    let overtaken = CommitPath::new(Arc::new(LostAckThenOvertaken {
+        inner: wh.catalog_url().pointers().await.unwrap(),
+        hook: tokio::sync::Mutex::new(Some(Box::new(move || {
+            Box::pin(async move {
+                let (catalog, commits) = overtaker;
+                let base = catalog.load_table(&ident("commits")).await.unwrap();
+                commits
+                    .commit_row_delta(catalog.as_ref(), &base, delta("on-top"))
+                    .await
+                    .expect("a writer commits on top of the in-doubt commit");
+            })
+        }))),
+    }));
+    let reloaded = catalog.load_table(&ident("commits")).await.unwrap();
+    overtaken
+        .commit_row_delta(catalog.as_ref(), &reloaded, delta("overtaken"))
+        .await
+        .expect("an applied swap that was overtaken is still committed");
+    let after = catalog.load_table(&ident("commits")).await.unwrap();
+    let markers: Vec<String> = after
+        .metadata()
+        .snapshots()
+        .filter_map(|s| {
+            s.summary()
+                .additional_properties
+                .get("suite.marker")
+                .cloned()
+        })
+        .collect();
+    assert!(
+        markers.contains(&"overtaken".to_string()) && markers.contains(&"on-top".to_string()),
+        "{markers:?}"
+    );
+    assert_eq!(
+        after
+            .metadata()
+            .current_snapshot()
+            .unwrap()
+            .summary()
+            .additional_properties["suite.marker"],
+        "on-top"
+    );
+    let reloaded = after;
 
     // An unreachable catalog: the outcome is unknown, reported as such, and the metadata
     // file it would have published is kept.
