@@ -396,24 +396,19 @@ async fn ingest(
             );
         }
     });
-    // Stop on SIGINT/SIGTERM, or as soon as the lease is lost.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut signal = shutdown_signal();
+    // A lost lease means another ingester may own the warehouse now: stop at once, without
+    // finishing the batch (nothing is committed after the loss is seen; the exactly-once
+    // protocol makes an abrupt exit as safe as a SIGKILL, ADR 0002).
     let mut lost = lease.lost();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = signal.wait_for(|s| *s) => {}
-            _ = lost.wait_for(|l| *l) => {}
+        if lost.wait_for(|l| *l).await.is_ok() {
+            eprintln!("error: the warehouse's ingester lease was lost; stopping at once");
+            std::process::exit(2);
         }
-        let _ = stop_tx.send(true);
     });
-    let report = ingester.run(stop_rx).await;
+    let report = ingester.run(shutdown_signal()).await;
     reporter.abort();
-    let lease_lost = lease.is_lost();
     lease.release().await?;
-    if lease_lost {
-        anyhow::bail!("stopped: the warehouse's ingester lease was lost to another process");
-    }
     let report = report?;
     tracing::info!(?report, "ingest finished");
     println!(

@@ -48,11 +48,17 @@ pub struct RowDelta {
     pub schema: Option<Schema>,
     /// Table properties to set in the same commit (the source column ids that go with `schema`).
     pub table_properties: HashMap<String, String>,
+    /// The snapshot operation, when the caller knows it (a compaction is a `replace` however
+    /// its files look); otherwise derived from the files.
+    pub operation: Option<Operation>,
 }
 
 impl RowDelta {
     /// The snapshot operation readers see in the summary.
     fn operation(&self) -> Operation {
+        if let Some(op) = &self.operation {
+            return op.clone();
+        }
         let removes = self.remove_all || !self.removed_files.is_empty();
         match (
             removes,

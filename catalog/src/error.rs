@@ -101,6 +101,12 @@ pub enum CatalogError {
         /// Its holder and owner.
         holder: String,
     },
+    /// A lease renewal did not answer in time.
+    #[error("renewing the warehouse's {name} lease timed out")]
+    LeaseRenewalTimedOut {
+        /// The lease.
+        name: String,
+    },
     /// The table does not exist in the catalog.
     #[error("table {table} not found")]
     TableNotFound {

@@ -203,8 +203,16 @@ impl Leases {
             let mut last_ok = std::time::Instant::now();
             loop {
                 tokio::time::sleep(ttl / 3).await;
-                match leases.take(&n, &h, &o, ttl).await {
-                    Ok(()) => last_ok = std::time::Instant::now(),
+                // The expiry a renewal sets counts from when it was sent; a renewal that
+                // hangs is a failed one.
+                let sent = std::time::Instant::now();
+                let renewed =
+                    match tokio::time::timeout(ttl / 4, leases.take(&n, &h, &o, ttl)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(CatalogError::LeaseRenewalTimedOut { name: n.clone() }),
+                    };
+                match renewed {
+                    Ok(()) => last_ok = sent,
                     Err(e @ CatalogError::LeaseHeld { .. }) => {
                         tracing::error!(error = %e, "lease lost to another process; stopping");
                         let _ = tx.send(true);

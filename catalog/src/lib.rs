@@ -31,11 +31,25 @@ use iceberg_catalog_sql::{
 pub const CATALOG_NAME: &str = "bitvelocity";
 
 /// A warehouse: where table files live plus the SQL catalog that names them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Warehouse {
     location: Location,
     catalog: CatalogUrl,
     storage_props: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Warehouse {
+    /// Names the location and catalog (password redacted); storage properties carry
+    /// credentials, so only their keys are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<&String> = self.storage_props.keys().collect();
+        keys.sort();
+        f.debug_struct("Warehouse")
+            .field("location", &self.location.url())
+            .field("catalog", &self.catalog.redacted())
+            .field("storage_props", &keys)
+            .finish()
+    }
 }
 
 impl Warehouse {

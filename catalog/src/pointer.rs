@@ -159,17 +159,25 @@ pub(crate) enum CatalogDb {
     Postgres(PgPool),
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL.
+/// Replaces the password of a `scheme://user:password@host` URL, and a `password=` query
+/// parameter.
 fn redact(url: &str) -> String {
+    let url = match url.split_once("password=") {
+        Some((head, tail)) => {
+            let rest = tail.find('&').map(|i| &tail[i..]).unwrap_or("");
+            format!("{head}password=***{rest}")
+        }
+        None => url.to_string(),
+    };
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return url;
     };
     match rest.split_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{name}:***@{host}")
         }
-        _ => url.to_string(),
+        _ => url.clone(),
     }
 }
 

@@ -330,18 +330,34 @@ fn os_error(location: &str, e: object_store::Error) -> iceberg::Error {
     }
 }
 
-/// Makes a local file and the directories leading to it durable (the file's own
-/// directory and its parent, which a new partition folder was created in).
-async fn sync_local(key: &ObjPath) -> iceberg::Result<()> {
+/// The deepest folder on the way to local file `key` that exists now: after the write,
+/// every folder from the file's own down to this one holds a new entry to make durable.
+fn existing_ancestor(key: &ObjPath) -> PathBuf {
+    let path = PathBuf::from(format!("/{key}"));
+    let mut at = path.parent();
+    while let Some(dir) = at {
+        if dir.exists() {
+            return dir.to_path_buf();
+        }
+        at = dir.parent();
+    }
+    PathBuf::from("/")
+}
+
+/// Makes a local file durable, with its new directory entries: the file, its folder, and
+/// each folder the write created up to (and including) `existed`, the deepest one that
+/// existed before.
+async fn sync_local(key: &ObjPath, existed: PathBuf) -> iceberg::Result<()> {
     let path = PathBuf::from(format!("/{key}"));
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::fs::File::open(&path)?.sync_all()?;
         let mut dir = path.parent();
-        for _ in 0..2 {
-            if let Some(d) = dir {
-                std::fs::File::open(d)?.sync_all()?;
-                dir = d.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)?.sync_all()?;
+            if d == existed || !d.starts_with(&existed) {
+                break;
             }
+            dir = d.parent();
         }
         Ok(())
     })
@@ -387,12 +403,13 @@ impl Storage for ObjectStorage {
 
     async fn write(&self, path: &str, bs: Bytes) -> iceberg::Result<()> {
         let r = self.resolve(path)?;
+        let existed = (r.backend == Backend::Local).then(|| existing_ancestor(&r.key));
         r.store
             .put(&r.key, PutPayload::from_bytes(bs))
             .await
             .map_err(|e| os_error(path, e))?;
-        if r.backend == Backend::Local {
-            sync_local(&r.key).await?;
+        if let Some(existed) = existed {
+            sync_local(&r.key, existed).await?;
         }
         Ok(())
     }
@@ -401,8 +418,8 @@ impl Storage for ObjectStorage {
         let r = self.resolve(path)?;
         Ok(Box::new(ObjectWrite {
             inner: Some(BufWriter::new(r.store.clone(), r.key.clone())),
+            existed: (r.backend == Backend::Local).then(|| existing_ancestor(&r.key)),
             key: r.key,
-            backend: r.backend,
             location: path.to_string(),
         }))
     }
@@ -460,8 +477,23 @@ impl FileRead for ObjectRead {
 struct ObjectWrite {
     inner: Option<BufWriter>,
     key: ObjPath,
-    backend: Backend,
+    /// Local files: the deepest folder that existed before the write (see `sync_local`).
+    existed: Option<PathBuf>,
     location: String,
+}
+
+impl Drop for ObjectWrite {
+    /// A writer dropped without `close` (its commit failed or was abandoned) aborts its
+    /// upload, so no S3 multipart upload or local staging file is left behind.
+    fn drop(&mut self) {
+        if let Some(mut w) = self.inner.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = w.abort().await;
+            });
+        }
+    }
 }
 
 #[async_trait]
@@ -491,8 +523,8 @@ impl FileWrite for ObjectWrite {
             .with_source(e)
             .with_retryable(true)
         })?;
-        if self.backend == Backend::Local {
-            sync_local(&self.key).await?;
+        if let Some(existed) = self.existed.take() {
+            sync_local(&self.key, existed).await?;
         }
         Ok(())
     }

@@ -14,7 +14,10 @@ use catalog::commit::{CommitPath, RowDelta};
 use catalog::pointer::PointerStore;
 use catalog::{Catalog, CatalogError, NamespaceIdent, TableIdent, Warehouse};
 use iceberg::TableCreation;
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+use iceberg::spec::{
+    DataContentType, DataFile, DataFileBuilder, DataFileFormat, NestedField, PrimitiveType, Schema,
+    Struct, Type,
+};
 
 /// A backend under test, with the servers it needs kept alive.
 struct Backend {
@@ -84,6 +87,20 @@ async fn create_table(catalog: &dyn Catalog, name: &str) -> iceberg::table::Tabl
                 .build(),
         )
         .await
+        .unwrap()
+}
+
+/// A data or position-delete file entry (the commit path records it without reading it).
+fn file(root: &str, name: &str, content: DataContentType, records: u64, bytes: u64) -> DataFile {
+    DataFileBuilder::default()
+        .content(content)
+        .file_path(format!("{root}/data/{name}.parquet"))
+        .file_format(DataFileFormat::Parquet)
+        .partition(Struct::empty())
+        .partition_spec_id(0)
+        .record_count(records)
+        .file_size_in_bytes(bytes)
+        .build()
         .unwrap()
 }
 
@@ -261,6 +278,97 @@ async fn suite(b: Backend) {
             "{key} in {summary:?}"
         );
     }
+
+    // Summary counts through appends, deletes and a rewrite: what each snapshot added and
+    // removed, and the totals after it (files the commit path never reads, so plain entries).
+    create_table(catalog.as_ref(), "counts").await;
+    let counted = |t: &iceberg::table::Table, key: &str| -> u64 {
+        t.metadata()
+            .current_snapshot()
+            .unwrap()
+            .summary()
+            .additional_properties[key]
+            .parse()
+            .unwrap()
+    };
+    let base = catalog.load_table(&ident("counts")).await.unwrap();
+    let root = base.metadata().location().to_string();
+    let c = commits
+        .commit_row_delta(
+            catalog.as_ref(),
+            &base,
+            RowDelta {
+                data_files: vec![
+                    file(&root, "a", DataContentType::Data, 10, 100),
+                    file(&root, "b", DataContentType::Data, 20, 200),
+                ],
+                ..RowDelta::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            counted(&c, "added-records"),
+            counted(&c, "total-records"),
+            counted(&c, "total-data-files"),
+            counted(&c, "total-files-size")
+        ),
+        (30, 30, 2, 300)
+    );
+    let c = commits
+        .commit_row_delta(
+            catalog.as_ref(),
+            &c,
+            RowDelta {
+                data_files: vec![file(&root, "c", DataContentType::Data, 5, 50)],
+                delete_files: vec![file(&root, "d", DataContentType::PositionDeletes, 3, 30)],
+                ..RowDelta::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            counted(&c, "added-position-deletes"),
+            counted(&c, "total-records"),
+            counted(&c, "total-delete-files"),
+            counted(&c, "total-position-deletes")
+        ),
+        (3, 35, 1, 3)
+    );
+    let c = commits
+        .commit_row_delta(
+            catalog.as_ref(),
+            &c,
+            RowDelta {
+                data_files: vec![file(&root, "e", DataContentType::Data, 27, 150)],
+                removed_files: [
+                    format!("{root}/data/a.parquet"),
+                    format!("{root}/data/b.parquet"),
+                    format!("{root}/data/d.parquet"),
+                ]
+                .into(),
+                operation: Some(iceberg::spec::Operation::Replace),
+                ..RowDelta::default()
+            },
+        )
+        .await
+        .unwrap();
+    let snap = c.metadata().current_snapshot().unwrap();
+    assert_eq!(snap.summary().operation, iceberg::spec::Operation::Replace);
+    assert_eq!(
+        (
+            counted(&c, "deleted-data-files"),
+            counted(&c, "deleted-records"),
+            counted(&c, "removed-position-deletes"),
+            counted(&c, "total-data-files"),
+            counted(&c, "total-records"),
+            counted(&c, "total-delete-files"),
+            counted(&c, "total-files-size"),
+        ),
+        (2, 30, 3, 2, 32, 0, 200)
+    );
 
     // A lost acknowledgement: the swap applied, the caller saw an error. The commit path
     // resolves it to "committed" and the snapshot is there exactly once.

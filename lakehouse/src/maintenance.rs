@@ -109,8 +109,7 @@ pub async fn maintain_table(
         opts.retain_last,
     )
     .await?;
-    let table = load(catalog, ident).await?;
-    let (n, bytes) = remove_orphans(&table, opts.orphan_older_than).await?;
+    let (n, bytes) = remove_orphans(catalog, ident, opts.orphan_older_than).await?;
     report.orphans_removed = n;
     report.orphan_bytes = bytes;
     Ok(report)
@@ -291,6 +290,8 @@ pub async fn compact(
             removed_files: removed.clone(),
             remove_all: false,
             properties,
+            // Rows are rewritten, never changed: readers may skip this snapshot.
+            operation: Some(iceberg::spec::Operation::Replace),
             ..RowDelta::default()
         };
         crate::crash::point("maintenance.before_commit");
@@ -463,7 +464,58 @@ fn now_ms() -> i64 {
 /// Deletes files under the table's location that nothing retained references and that are
 /// older than `older_than`; returns (files, bytes). Lists through the warehouse's storage, so
 /// it works the same on local disk and object storage.
-pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usize, u64)> {
+///
+/// The listing comes first and the table is loaded after it, so a commit that lands while
+/// the folder is listed is seen as referencing its files. Files written but not yet committed
+/// are protected by age only: callers keep `older_than` above the longest a writer holds a
+/// file uncommitted (the CLI enforces a floor while an ingester holds the warehouse).
+pub async fn remove_orphans(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    older_than: Duration,
+) -> Result<(usize, u64)> {
+    let Some(cutoff) = SystemTime::now().checked_sub(older_than) else {
+        return Ok((0, 0)); // nothing is that old: removal is off
+    };
+    let name = ident.to_string();
+    let before = load(catalog, ident).await?;
+    let storage = catalog::ObjectStorage::from_config(before.file_io().config());
+    let root = format!("{}/", before.metadata().location().trim_end_matches('/'));
+    let index_dir = format!("/{}/", crate::pk_index::INDEX_DIR);
+    let candidates: Vec<_> = storage
+        .list(&root)
+        .await
+        .map_err(LakehouseError::iceberg(&name))?
+        .into_iter()
+        .filter(|f| !f.location.contains(&index_dir) && f.modified <= cutoff)
+        .collect();
+    if candidates.is_empty() {
+        return Ok((0, 0));
+    }
+    let table = load(catalog, ident).await?;
+    let referenced = referenced_files(&table).await?;
+    let file_io = table.file_io();
+    let mut removed = 0;
+    let mut bytes = 0;
+    for f in candidates {
+        if referenced.contains(&norm(&f.location)) {
+            continue;
+        }
+        file_io
+            .delete(&f.location)
+            .await
+            .map_err(LakehouseError::iceberg(&name))?;
+        removed += 1;
+        bytes += f.size;
+    }
+    if removed > 0 {
+        tracing::info!(table = %name, files = removed, bytes, "removed orphan files");
+    }
+    Ok((removed, bytes))
+}
+
+/// Every file a retained snapshot or metadata version of `table` references.
+async fn referenced_files(table: &Table) -> Result<HashSet<String>> {
     let meta = table.metadata();
     let ident = table.identifier().to_string();
     let file_io = table.file_io();
@@ -496,36 +548,7 @@ pub async fn remove_orphans(table: &Table, older_than: Duration) -> Result<(usiz
             }
         }
     }
-    let Some(cutoff) = SystemTime::now().checked_sub(older_than) else {
-        return Ok((0, 0)); // nothing is that old: removal is off
-    };
-    let storage = catalog::ObjectStorage::from_config(file_io.config());
-    let root = format!("{}/", meta.location().trim_end_matches('/'));
-    let index_dir = format!("/{}/", crate::pk_index::INDEX_DIR);
-    let listed = storage
-        .list(&root)
-        .await
-        .map_err(LakehouseError::iceberg(&ident))?;
-    let mut removed = 0;
-    let mut bytes = 0;
-    for f in listed {
-        if f.location.contains(&index_dir) {
-            continue; // silver's index checkpoint: not table data
-        }
-        if referenced.contains(&norm(&f.location)) || f.modified > cutoff {
-            continue;
-        }
-        file_io
-            .delete(&f.location)
-            .await
-            .map_err(LakehouseError::iceberg(&ident))?;
-        removed += 1;
-        bytes += f.size;
-    }
-    if removed > 0 {
-        tracing::info!(table = %ident, files = removed, bytes, "removed orphan files");
-    }
-    Ok((removed, bytes))
+    Ok(referenced)
 }
 
 /// One spelling per file: `file:///a`, `file:/a` and `/a` name the same local file.

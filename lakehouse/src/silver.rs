@@ -420,6 +420,7 @@ impl SilverSink {
                             HashMap::from([(KEY_COLUMNS_PROPERTY.to_string(), key.join(","))])
                         })
                         .unwrap_or_default(),
+                    operation: None,
                 };
                 let err = match commits
                     .commit_row_delta(catalog.as_ref(), &t.table, delta)
