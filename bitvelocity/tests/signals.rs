@@ -41,23 +41,8 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the initial copy to be committed (the temporary copy slot is gone then).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name = 'bitvelocity_p'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ingester never started streaming"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait until the ingester streams (the initial copy is committed by then).
+    wait_streaming(&client, "bitvelocity_p").await;
     client
         .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1001, 1500) g")
         .await
@@ -188,6 +173,23 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
         .args(["-9", &first.id().to_string()])
         .status();
     first.wait().unwrap();
+    // Until PostgreSQL notices the dead connection the slot still shows as active.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: bool = client
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'first'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !active {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot stays active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client
         .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(101, 150) g")
         .await
@@ -197,7 +199,16 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
     let _ = Command::new("kill")
         .args(["-TERM", &again.id().to_string()])
         .status();
-    assert!(again.wait().unwrap().success());
+    let status = again.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    again
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {err}");
     // A clean stop released it: another slot is no longer refused for the lease (it stops
     // on its own check instead: a new slot cannot continue tables another slot wrote).
     let second = ingest("second")
