@@ -106,12 +106,17 @@ fn http_get(addr: &str, path: &str) -> String {
 
 /// Waits until slot `slot` has an active consumer (the ingester streams).
 async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
+    wait_slot(client, slot, true).await
+}
+
+/// Waits until PostgreSQL shows slot `slot` as `active` (or not).
+async fn wait_slot(client: &tokio_postgres::Client, slot: &str, active: bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let n: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE active AND slot_name = $1",
-                &[&slot],
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active = $2",
+                &[&slot, &active],
             )
             .await
             .unwrap()
@@ -121,7 +126,7 @@ async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "ingester never started streaming on {slot}"
+            "slot {slot} never became active = {active}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -174,22 +179,7 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
         .status();
     first.wait().unwrap();
     // Until PostgreSQL notices the dead connection the slot still shows as active.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let active: bool = client
-            .query_one(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = 'first'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if !active {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "slot stays active");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_slot(&client, "first", false).await;
     client
         .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(101, 150) g")
         .await

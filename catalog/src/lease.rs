@@ -12,10 +12,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
-
-use crate::pointer::{CatalogDb, CatalogUrl};
+use crate::pointer::{CatalogDb, CatalogUrl, on_db};
 use crate::{CATALOG_NAME, CatalogError, Result};
 
 /// The lease every ingester of a warehouse takes.
@@ -102,12 +99,21 @@ impl Leases {
     pub async fn take(&self, name: &str, holder: &str, owner: &str, ttl: Duration) -> Result<()> {
         let now = now_ms();
         let expires = now + ttl.as_millis() as i64;
-        let taken = match &self.db {
-            CatalogDb::Sqlite(p) => take(p, TAKE_QMARK, name, holder, owner, expires, now).await,
-            CatalogDb::Postgres(p) => {
-                take_pg(p, TAKE_DOLLAR, name, holder, owner, expires, now).await
-            }
-        }
+        let taken = on_db!(
+            &self.db,
+            p,
+            sql = (TAKE_QMARK, TAKE_DOLLAR),
+            sqlx::query(sql)
+                .bind(CATALOG_NAME)
+                .bind(name)
+                .bind(holder)
+                .bind(owner)
+                .bind(expires)
+                .bind(now)
+                .execute(p)
+                .await
+                .map(|done| done.rows_affected() == 1)
+        )
         .map_err(self.db_err())?;
         if taken {
             return Ok(());
@@ -123,22 +129,16 @@ impl Leases {
 
     /// The current holder of lease `name`, live or expired; `None` if nobody took it.
     pub async fn holder(&self, name: &str) -> Result<Option<LeaseHolder>> {
-        let row: Option<(String, String, i64)> = match &self.db {
-            CatalogDb::Sqlite(p) => {
-                sqlx::query_as(READ_QMARK)
-                    .bind(CATALOG_NAME)
-                    .bind(name)
-                    .fetch_optional(p)
-                    .await
-            }
-            CatalogDb::Postgres(p) => {
-                sqlx::query_as(READ_DOLLAR)
-                    .bind(CATALOG_NAME)
-                    .bind(name)
-                    .fetch_optional(p)
-                    .await
-            }
-        }
+        let row: Option<(String, String, i64)> = on_db!(
+            &self.db,
+            p,
+            sql = (READ_QMARK, READ_DOLLAR),
+            sqlx::query_as(sql)
+                .bind(CATALOG_NAME)
+                .bind(name)
+                .fetch_optional(p)
+                .await
+        )
         .map_err(self.db_err())?;
         Ok(row.map(|(holder, owner, expires_at_ms)| LeaseHolder {
             holder,
@@ -149,22 +149,18 @@ impl Leases {
 
     /// Gives lease `name` up if `holder` has it (a clean stop).
     pub async fn release(&self, name: &str, holder: &str) -> Result<()> {
-        match &self.db {
-            CatalogDb::Sqlite(p) => sqlx::query(FREE_QMARK)
+        on_db!(
+            &self.db,
+            p,
+            sql = (FREE_QMARK, FREE_DOLLAR),
+            sqlx::query(sql)
                 .bind(CATALOG_NAME)
                 .bind(name)
                 .bind(holder)
                 .execute(p)
                 .await
-                .map(|_| ()),
-            CatalogDb::Postgres(p) => sqlx::query(FREE_DOLLAR)
-                .bind(CATALOG_NAME)
-                .bind(name)
-                .bind(holder)
-                .execute(p)
-                .await
-                .map(|_| ()),
-        }
+                .map(|_| ())
+        )
         .map_err(self.db_err())
     }
 }
@@ -256,48 +252,6 @@ impl HeldLease {
         }
         self.leases.release(&self.name, &self.holder).await
     }
-}
-
-async fn take(
-    p: &SqlitePool,
-    sql: &str,
-    name: &str,
-    holder: &str,
-    owner: &str,
-    expires: i64,
-    now: i64,
-) -> std::result::Result<bool, sqlx::Error> {
-    let done = sqlx::query(sql)
-        .bind(CATALOG_NAME)
-        .bind(name)
-        .bind(holder)
-        .bind(owner)
-        .bind(expires)
-        .bind(now)
-        .execute(p)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn take_pg(
-    p: &PgPool,
-    sql: &str,
-    name: &str,
-    holder: &str,
-    owner: &str,
-    expires: i64,
-    now: i64,
-) -> std::result::Result<bool, sqlx::Error> {
-    let done = sqlx::query(sql)
-        .bind(CATALOG_NAME)
-        .bind(name)
-        .bind(holder)
-        .bind(owner)
-        .bind(expires)
-        .bind(now)
-        .execute(p)
-        .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 fn now_ms() -> i64 {

@@ -152,6 +152,25 @@ impl CatalogUrl {
     }
 }
 
+/// Runs one statement body on either database: `$pool` is bound to the pool and `$sql` to the
+/// statement in that database's bind style (`?` or `$n`). sqlx's query types differ per
+/// database, so the body is written once and expanded twice.
+macro_rules! on_db {
+    ($db:expr, $pool:ident, $sql:ident = ($qmark:expr, $dollar:expr), $body:expr) => {
+        match $db {
+            $crate::pointer::CatalogDb::Sqlite($pool) => {
+                let $sql = $qmark;
+                $body
+            }
+            $crate::pointer::CatalogDb::Postgres($pool) => {
+                let $sql = $dollar;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_db;
+
 /// A connection pool of either kind of catalog database.
 #[derive(Debug, Clone)]
 pub(crate) enum CatalogDb {
@@ -217,77 +236,51 @@ const CURRENT_DOLLAR: &str = "SELECT metadata_location FROM iceberg_tables
 #[derive(Debug)]
 pub struct SqlitePointers(SqlitePool);
 
-#[async_trait]
-impl PointerStore for SqlitePointers {
-    async fn compare_and_swap(
-        &self,
-        table: &TableIdent,
-        expected: &str,
-        new: &str,
-    ) -> std::result::Result<bool, sqlx::Error> {
-        let done = sqlx::query(SWAP_QMARK)
-            .bind(new)
-            .bind(expected)
-            .bind(CATALOG_NAME)
-            .bind(table.namespace().join("."))
-            .bind(table.name())
-            .bind(expected)
-            .execute(&self.0)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn current(
-        &self,
-        table: &TableIdent,
-    ) -> std::result::Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(CURRENT_QMARK)
-            .bind(CATALOG_NAME)
-            .bind(table.namespace().join("."))
-            .bind(table.name())
-            .fetch_optional(&self.0)
-            .await
-            .map(Option::flatten)
-    }
-}
-
 /// Pointers in a PostgreSQL catalog database.
 #[derive(Debug)]
 pub struct PostgresPointers(PgPool);
 
-#[async_trait]
-impl PointerStore for PostgresPointers {
-    async fn compare_and_swap(
-        &self,
-        table: &TableIdent,
-        expected: &str,
-        new: &str,
-    ) -> std::result::Result<bool, sqlx::Error> {
-        let done = sqlx::query(SWAP_DOLLAR)
-            .bind(new)
-            .bind(expected)
-            .bind(CATALOG_NAME)
-            .bind(table.namespace().join("."))
-            .bind(table.name())
-            .bind(expected)
-            .execute(&self.0)
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
+/// The pointer store of one database kind: the same statements in its bind style.
+macro_rules! pointer_store {
+    ($ty:ty, $swap:expr, $current:expr) => {
+        #[async_trait]
+        impl PointerStore for $ty {
+            async fn compare_and_swap(
+                &self,
+                table: &TableIdent,
+                expected: &str,
+                new: &str,
+            ) -> std::result::Result<bool, sqlx::Error> {
+                let done = sqlx::query($swap)
+                    .bind(new)
+                    .bind(expected)
+                    .bind(CATALOG_NAME)
+                    .bind(table.namespace().join("."))
+                    .bind(table.name())
+                    .bind(expected)
+                    .execute(&self.0)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
 
-    async fn current(
-        &self,
-        table: &TableIdent,
-    ) -> std::result::Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(CURRENT_DOLLAR)
-            .bind(CATALOG_NAME)
-            .bind(table.namespace().join("."))
-            .bind(table.name())
-            .fetch_optional(&self.0)
-            .await
-            .map(Option::flatten)
-    }
+            async fn current(
+                &self,
+                table: &TableIdent,
+            ) -> std::result::Result<Option<String>, sqlx::Error> {
+                sqlx::query_scalar($current)
+                    .bind(CATALOG_NAME)
+                    .bind(table.namespace().join("."))
+                    .bind(table.name())
+                    .fetch_optional(&self.0)
+                    .await
+                    .map(Option::flatten)
+            }
+        }
+    };
 }
+
+pointer_store!(SqlitePointers, SWAP_QMARK, CURRENT_QMARK);
+pointer_store!(PostgresPointers, SWAP_DOLLAR, CURRENT_DOLLAR);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use catalog::commit::{CommitPath, RowDelta};
@@ -47,18 +47,7 @@ async fn postgres_s3() -> Backend {
     })
     .await
     .unwrap();
-    let props = HashMap::from([
-        ("s3.endpoint".to_string(), s3.endpoint()),
-        (
-            "s3.access-key-id".to_string(),
-            domains::s3::ACCESS_KEY.to_string(),
-        ),
-        (
-            "s3.secret-access-key".to_string(),
-            domains::s3::SECRET_KEY.to_string(),
-        ),
-        ("s3.region".to_string(), domains::s3::REGION.to_string()),
-    ]);
+    let props = s3.iceberg_props();
     let warehouse = Warehouse::open("s3://lake/warehouse", Some(&pg.url("catalog")))
         .unwrap()
         .with_storage_props(props);
@@ -115,11 +104,30 @@ fn delta(marker: &str) -> RowDelta {
     }
 }
 
-/// Applies the swap, then reports a lost connection: the caller cannot know it applied.
-#[derive(Debug)]
+type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// Applies the first swap, runs `meanwhile` (another writer committing on top, say), then
+/// reports a lost connection: the caller cannot know its swap applied.
 struct LostAck {
     inner: Box<dyn PointerStore>,
-    lost: AtomicU32,
+    armed: AtomicBool,
+    meanwhile: tokio::sync::Mutex<Option<Hook>>,
+}
+
+impl LostAck {
+    fn new(inner: Box<dyn PointerStore>, meanwhile: Option<Hook>) -> Self {
+        Self {
+            inner,
+            armed: AtomicBool::new(true),
+            meanwhile: tokio::sync::Mutex::new(meanwhile),
+        }
+    }
+}
+
+impl std::fmt::Debug for LostAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LostAck")
+    }
 }
 
 #[async_trait]
@@ -131,44 +139,11 @@ impl PointerStore for LostAck {
         new: &str,
     ) -> Result<bool, sqlx::Error> {
         let applied = self.inner.compare_and_swap(table, expected, new).await?;
-        if self.lost.fetch_add(1, Ordering::SeqCst) == 0 {
+        if self.armed.swap(false, Ordering::SeqCst) {
             assert!(applied, "the first swap applies");
-            return Err(sqlx::Error::PoolTimedOut);
-        }
-        Ok(applied)
-    }
-
-    async fn current(&self, table: &TableIdent) -> Result<Option<String>, sqlx::Error> {
-        self.inner.current(table).await
-    }
-}
-
-type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
-
-/// Applies the swap, lets another writer commit on top of it, then reports a lost connection.
-struct LostAckThenOvertaken {
-    inner: Box<dyn PointerStore>,
-    hook: tokio::sync::Mutex<Option<Hook>>,
-}
-
-impl std::fmt::Debug for LostAckThenOvertaken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LostAckThenOvertaken")
-    }
-}
-
-#[async_trait]
-impl PointerStore for LostAckThenOvertaken {
-    async fn compare_and_swap(
-        &self,
-        table: &TableIdent,
-        expected: &str,
-        new: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let applied = self.inner.compare_and_swap(table, expected, new).await?;
-        if let Some(hook) = self.hook.lock().await.take() {
-            assert!(applied, "the first swap applies");
-            hook().await;
+            if let Some(hook) = self.meanwhile.lock().await.take() {
+                hook().await;
+            }
             return Err(sqlx::Error::PoolTimedOut);
         }
         Ok(applied)
@@ -372,10 +347,10 @@ async fn suite(b: Backend) {
 
     // A lost acknowledgement: the swap applied, the caller saw an error. The commit path
     // resolves it to "committed" and the snapshot is there exactly once.
-    let lost = CommitPath::new(Arc::new(LostAck {
-        inner: wh.catalog_url().pointers().await.unwrap(),
-        lost: AtomicU32::new(0),
-    }));
+    let lost = CommitPath::new(Arc::new(LostAck::new(
+        wh.catalog_url().pointers().await.unwrap(),
+        None,
+    )));
     let committed = lost
         .commit_row_delta(catalog.as_ref(), &t, delta("lost-ack"))
         .await
@@ -399,9 +374,9 @@ async fn suite(b: Backend) {
     // the pointer names theirs, whose history holds ours, so ours is committed (reporting a
     // conflict here would make a compaction delete the files it just published).
     let overtaker = (catalog.clone(), wh.commit_path().await.unwrap());
-    let overtaken = CommitPath::new(Arc::new(LostAckThenOvertaken {
-        inner: wh.catalog_url().pointers().await.unwrap(),
-        hook: tokio::sync::Mutex::new(Some(Box::new(move || {
+    let overtaken = CommitPath::new(Arc::new(LostAck::new(
+        wh.catalog_url().pointers().await.unwrap(),
+        Some(Box::new(move || {
             Box::pin(async move {
                 let (catalog, commits) = overtaker;
                 let base = catalog.load_table(&ident("commits")).await.unwrap();
@@ -410,8 +385,8 @@ async fn suite(b: Backend) {
                     .await
                     .expect("a writer commits on top of the in-doubt commit");
             })
-        }))),
-    }));
+        })),
+    )));
     let reloaded = catalog.load_table(&ident("commits")).await.unwrap();
     overtaken
         .commit_row_delta(catalog.as_ref(), &reloaded, delta("overtaken"))

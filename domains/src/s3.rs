@@ -110,6 +110,17 @@ impl SeaweedFs {
         ]
     }
 
+    /// The same settings as iceberg's `s3.*` storage properties (what pyiceberg and our
+    /// warehouse take when configured explicitly rather than from the environment).
+    pub fn iceberg_props(&self) -> std::collections::HashMap<String, String> {
+        std::collections::HashMap::from([
+            ("s3.endpoint".to_string(), self.endpoint()),
+            ("s3.access-key-id".to_string(), ACCESS_KEY.to_string()),
+            ("s3.secret-access-key".to_string(), SECRET_KEY.to_string()),
+            ("s3.region".to_string(), REGION.to_string()),
+        ])
+    }
+
     /// Creates bucket `name` (a folder under the filer's `/buckets`, which is what the S3
     /// gateway lists as buckets).
     pub fn create_bucket(&self, name: &str) -> Result<()> {

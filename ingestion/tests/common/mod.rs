@@ -99,7 +99,7 @@ impl ObjectStoreBackend {
             Some(&catalog_pg.url("catalog")),
         )
         .unwrap()
-        .with_storage_props(s3_props(&s3));
+        .with_storage_props(s3.iceberg_props());
         Self {
             warehouse,
             s3,
@@ -168,22 +168,6 @@ impl AsWarehouse for CliWarehouse {
     fn warehouse(&self) -> catalog::Warehouse {
         self.warehouse.clone()
     }
-}
-
-/// iceberg's `s3.*` properties for a project-managed SeaweedFS.
-pub fn s3_props(s3: &domains::SeaweedFs) -> std::collections::HashMap<String, String> {
-    std::collections::HashMap::from([
-        ("s3.endpoint".to_string(), s3.endpoint()),
-        (
-            "s3.access-key-id".to_string(),
-            domains::s3::ACCESS_KEY.to_string(),
-        ),
-        (
-            "s3.secret-access-key".to_string(),
-            domains::s3::SECRET_KEY.to_string(),
-        ),
-        ("s3.region".to_string(), domains::s3::REGION.to_string()),
-    ])
 }
 
 /// Starts a managed PostgreSQL with database `db` (blocking work off the runtime).
