@@ -1,0 +1,364 @@
+//! Silver's planning and materializing: how a batch of change rows becomes new row versions,
+//! position deletes and index updates. Pure where it can be (`plan` reads the index only);
+//! `materialize` reads back carried values, `write_data` writes the new files.
+
+use super::*;
+
+/// Where a key's row version currently is while a commit is planned.
+#[derive(Debug, Clone, Copy)]
+enum Cur {
+    Committed(Loc),
+    Pending(u32),
+}
+
+/// Where one column value of a new row version comes from.
+#[derive(Debug, Clone, Copy)]
+enum ColSrc {
+    Input(u32, u32),
+    Committed(Loc),
+    Null,
+}
+
+struct NewRow {
+    batch: u32,
+    row: u32,
+    alive: bool,
+    /// Columns not sent by the source, with where their previous value is.
+    carried: Vec<(usize, ColSrc)>,
+}
+
+impl NewRow {
+    fn source_of(&self, col: usize) -> ColSrc {
+        self.carried
+            .iter()
+            .find(|(c, _)| *c == col)
+            .map(|(_, s)| *s)
+            .unwrap_or(ColSrc::Input(self.batch, self.row))
+    }
+}
+
+/// What one commit of a silver table does.
+pub(super) struct Plan {
+    /// A TRUNCATE ran: every live file goes.
+    pub(super) truncate: bool,
+    /// Committed rows that die (position deletes).
+    pub(super) deletes: Vec<Loc>,
+    rows: Vec<NewRow>,
+    touched: HashMap<Box<[u8]>, Vec<Cur>>,
+    /// Updates and deletes whose key had no live row (logged; nothing to remove).
+    missing: u64,
+}
+
+/// Replays the pending change rows of `t` against its index: which rows die, which are new.
+pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
+    let n = t.arrow.fields().len();
+    let (op_col, unchanged_col) = (n, n + 1);
+    // Column position of each name the table has had (renamed columns keep their field id).
+    let position_of_id: HashMap<i32, usize> = t
+        .arrow
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| crate::files::field_id(f).map(|id| (id, i)))
+        .collect();
+    let converter = key_converter(&t.key_schema)?;
+    let mut p = Plan {
+        truncate: t.reset,
+        deletes: Vec::new(),
+        rows: Vec::new(),
+        touched: HashMap::new(),
+        missing: 0,
+    };
+    let mut base_cleared = t.reset;
+    // The row a delete just removed: when the change right after it is an update of a key
+    // without a live row, the row moved to a new key and unsent values come from here.
+    let mut moved: Option<Cur> = None;
+    for (b, batch) in t.pending.iter().enumerate() {
+        if batch.num_columns() != n + 2 {
+            return Err(LakehouseError::SchemaMismatch {
+                table: t.ident.to_string(),
+                message: format!(
+                    "change batch has {} columns, expected {}",
+                    batch.num_columns(),
+                    n + 2
+                ),
+            });
+        }
+        let ops = batch.column(op_col).as_string::<i32>();
+        let unchanged = batch.column(unchanged_col).as_list::<i32>();
+        let key_arrays = t
+            .key_cols
+            .iter()
+            .zip(t.key_schema.fields())
+            .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = converter.convert_columns(&key_arrays)?;
+        for r in 0..batch.num_rows() {
+            let op = ops.value(r);
+            let moved_from = moved.take();
+            if op == "truncate" {
+                p.truncate = true;
+                base_cleared = true;
+                p.touched.clear();
+                p.deletes.clear();
+                p.rows.iter_mut().for_each(|row| row.alive = false);
+                continue;
+            }
+            let key = keys.row(r);
+            if !p.touched.contains_key(key.as_ref()) {
+                let base = if base_cleared {
+                    Vec::new()
+                } else {
+                    t.index
+                        .get(key.as_ref())
+                        .into_iter()
+                        .map(Cur::Committed)
+                        .collect()
+                };
+                p.touched.insert(key.as_ref().into(), base);
+            }
+            let curs = p
+                .touched
+                .get_mut(key.as_ref())
+                .ok_or_else(|| LakehouseError::Corrupt("key vanished while planning".into()))?;
+            let kill = |cur: Cur, rows: &mut Vec<NewRow>, deletes: &mut Vec<Loc>| match cur {
+                Cur::Pending(i) => rows[i as usize].alive = false,
+                Cur::Committed(l) => deletes.push(l),
+            };
+            match op {
+                "insert" => {
+                    if !t.multi {
+                        for cur in curs.drain(..) {
+                            kill(cur, &mut p.rows, &mut p.deletes);
+                        }
+                    }
+                    curs.push(Cur::Pending(p.rows.len() as u32));
+                    p.rows.push(NewRow {
+                        batch: b as u32,
+                        row: r as u32,
+                        alive: true,
+                        carried: Vec::new(),
+                    });
+                }
+                "update" => {
+                    let prior = curs.pop();
+                    if !t.multi {
+                        for cur in curs.drain(..) {
+                            kill(cur, &mut p.rows, &mut p.deletes);
+                        }
+                    }
+                    let mut carried = Vec::new();
+                    if unchanged.is_valid(r) {
+                        let cols = unchanged.value(r);
+                        let cols = cols.as_string::<i32>();
+                        for k in 0..cols.len() {
+                            let id = *t.names.get(cols.value(k)).ok_or_else(|| {
+                                LakehouseError::SchemaMismatch {
+                                    table: t.ident.to_string(),
+                                    message: format!(
+                                        "unchanged column {} is not a column",
+                                        cols.value(k)
+                                    ),
+                                }
+                            })?;
+                            // A column dropped since: nothing to carry.
+                            let Some(&c) = position_of_id.get(&id) else {
+                                continue;
+                            };
+                            let src = match prior.or(moved_from) {
+                                Some(Cur::Pending(i)) => p.rows[i as usize].source_of(c),
+                                Some(Cur::Committed(l)) => ColSrc::Committed(l),
+                                None => ColSrc::Null,
+                            };
+                            carried.push((c, src));
+                        }
+                    }
+                    match prior {
+                        Some(cur) => kill(cur, &mut p.rows, &mut p.deletes),
+                        None => p.missing += 1,
+                    }
+                    curs.push(Cur::Pending(p.rows.len() as u32));
+                    p.rows.push(NewRow {
+                        batch: b as u32,
+                        row: r as u32,
+                        alive: true,
+                        carried,
+                    });
+                }
+                "delete" => {
+                    let prior = if t.multi {
+                        curs.pop().into_iter().collect::<Vec<_>>()
+                    } else {
+                        std::mem::take(curs)
+                    };
+                    if prior.is_empty() {
+                        p.missing += 1;
+                    }
+                    moved = prior.last().copied();
+                    for cur in prior {
+                        kill(cur, &mut p.rows, &mut p.deletes);
+                    }
+                }
+                other => {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{}: unknown change kind {other:?}",
+                        t.ident
+                    )));
+                }
+            }
+        }
+    }
+    if p.missing > 0 {
+        tracing::warn!(table = %t.ident, count = p.missing, "updates or deletes of keys silver does not hold");
+    }
+    Ok(p)
+}
+
+/// Assembles the surviving new row versions, reading carried values of committed rows back.
+pub(super) async fn materialize(t: &SilverTable, plan: &Plan) -> Result<Vec<RecordBatch>> {
+    let alive: Vec<&NewRow> = plan.rows.iter().filter(|r| r.alive).collect();
+    if alive.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Previous versions of carried values that live in committed files, read back by position.
+    let mut wanted: HashMap<u32, Vec<u32>> = HashMap::new();
+    for r in &alive {
+        for (_, s) in &r.carried {
+            if let ColSrc::Committed(l) = s {
+                wanted.entry(l.file).or_default().push(l.pos);
+            }
+        }
+    }
+    let mut fetched: Vec<RecordBatch> = Vec::new();
+    let mut fetched_at: HashMap<Loc, (usize, usize)> = HashMap::new();
+    let base = t.pending.len();
+    for (file, mut positions) in wanted {
+        positions.sort_unstable();
+        positions.dedup();
+        let pos64: Vec<u64> = positions.iter().map(|&p| p as u64).collect();
+        let path = t.index.path(file);
+        let batches = read_projected(t.table.file_io(), path, &t.arrow, Some(&pos64)).await?;
+        let batch = concat_batches(&t.arrow, &batches)?;
+        if batch.num_rows() != positions.len() {
+            return Err(LakehouseError::Corrupt(format!(
+                "{path}: read {} of {} rows",
+                batch.num_rows(),
+                positions.len()
+            )));
+        }
+        for (k, &pos) in positions.iter().enumerate() {
+            fetched_at.insert(Loc { file, pos }, (base + fetched.len(), k));
+        }
+        fetched.push(batch);
+    }
+    let null_source = base + fetched.len();
+    let mut out = Vec::new();
+    for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(t.arrow.fields().len());
+        for (c, field) in t.arrow.fields().iter().enumerate() {
+            let mut sources: Vec<ArrayRef> = Vec::with_capacity(null_source + 1);
+            for b in &t.pending {
+                sources.push(conform(b.column(c).clone(), field.data_type())?);
+            }
+            for f in &fetched {
+                sources.push(f.column(c).clone());
+            }
+            sources.push(new_null_array(field.data_type(), 1));
+            let indices: Vec<(usize, usize)> = chunk
+                .iter()
+                .map(|r| match r.source_of(c) {
+                    ColSrc::Input(b, row) => Ok((b as usize, row as usize)),
+                    ColSrc::Committed(l) => fetched_at.get(&l).copied().ok_or_else(|| {
+                        LakehouseError::Corrupt(format!("carried value at {l:?} not read"))
+                    }),
+                    ColSrc::Null => Ok((null_source, 0)),
+                })
+                .collect::<Result<_>>()?;
+            let refs: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+            columns.push(interleave(&refs, &indices)?);
+        }
+        out.push(RecordBatch::try_new(t.arrow.clone(), columns)?);
+    }
+    Ok(out)
+}
+
+/// Writes `batches` as data files of `table`, in order (row positions follow write order).
+pub(super) async fn write_data(
+    table: &Table,
+    schema: &iceberg::spec::SchemaRef,
+    arrow: &SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<DataFile>> {
+    if batches.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ident = table.identifier().clone();
+    let mut writer = crate::files::data_writer(table, schema.clone(), 512 * 1024 * 1024, "")?
+        .build(None)
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
+    let mut rows = 0;
+    for b in batches {
+        debug_assert_eq!(b.schema().fields(), arrow.fields());
+        rows += b.num_rows() as u64;
+        writer
+            .write(b)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))?;
+    }
+    let files = writer
+        .close()
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
+    let written: u64 = files.iter().map(|f| f.record_count()).sum();
+    if written != rows {
+        return Err(LakehouseError::Corrupt(format!(
+            "{ident}: wrote {rows} rows but the files hold {written}"
+        )));
+    }
+    Ok(files)
+}
+
+/// Moves a committed plan into the index: touched keys now point at their new rows.
+pub(super) fn apply_to_index(
+    index: &mut PkIndex,
+    plan: Plan,
+    new_paths: &[String],
+    new_rows: &[u64],
+) -> Result<()> {
+    if plan.truncate {
+        index.clear();
+    }
+    // Output row number of each new version, then its (file, position).
+    let mut out_row = vec![u64::MAX; plan.rows.len()];
+    let mut k = 0u64;
+    for (i, r) in plan.rows.iter().enumerate() {
+        if r.alive {
+            out_row[i] = k;
+            k += 1;
+        }
+    }
+    let mut starts = Vec::with_capacity(new_rows.len());
+    let mut acc = 0u64;
+    let mut ids = Vec::with_capacity(new_paths.len());
+    for (path, &n) in new_paths.iter().zip(new_rows) {
+        starts.push(acc);
+        acc += n;
+        ids.push(index.file_id(path));
+    }
+    for (key, curs) in plan.touched {
+        let mut locs = Vec::with_capacity(curs.len());
+        for cur in curs {
+            locs.push(match cur {
+                Cur::Committed(l) => l,
+                Cur::Pending(i) => {
+                    let o = out_row[i as usize];
+                    let f = starts.partition_point(|&s| s <= o).saturating_sub(1);
+                    loc(ids[f], o - starts[f])?
+                }
+            });
+        }
+        index.set(key, locs);
+    }
+    Ok(())
+}
