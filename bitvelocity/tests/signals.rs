@@ -25,12 +25,7 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http = format!("127.0.0.1:{port}");
+    let http = free_addr();
     // Batches close only by size or after a minute: the stream's rows stay pending until the signal.
     let mut child = Command::new(bin())
         .args(["ingest", "--pg", &url, "--publication", "p", "--warehouse"])
@@ -41,8 +36,9 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the ingester streams (the initial copy is committed by then).
-    wait_streaming(&client, "bitvelocity_p").await;
+    // Wait until the ingester streams (the initial copy is committed by then). The slot
+    // alone does not say so: PostgreSQL shows it active while it is being created.
+    wait_phase(&http, "streaming").await;
     client
         .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(1001, 1500) g")
         .await
@@ -92,21 +88,48 @@ async fn sigterm_commits_the_pending_batch_and_exits_zero() {
 
 /// A plain HTTP/1.1 GET, enough to check the operations endpoints without a client crate.
 fn http_get(addr: &str, path: &str) -> String {
+    try_http_get(addr, path).expect("GET from the operations endpoint")
+}
+
+/// [`http_get`] that reports a refused connection (the endpoint not up yet) as an error.
+fn try_http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the operations endpoint");
+    let mut s = std::net::TcpStream::connect(addr)?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    s.read_to_string(&mut out)?;
+    Ok(out)
 }
 
-/// Waits until slot `slot` has an active consumer (the ingester streams).
-async fn wait_streaming(client: &tokio_postgres::Client, slot: &str) {
-    wait_slot(client, slot, true).await
+/// Waits until the ingester's `/health` at `http` reports `phase`.
+async fn wait_phase(http: &str, phase: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let want = format!("\"phase\":\"{phase}\"");
+    loop {
+        // Connection refused until the endpoint is up.
+        let body = try_http_get(http, "/health").unwrap_or_default();
+        if body.contains(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingester never reached phase {phase}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free local address for an ingester's operations endpoint.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// Waits until PostgreSQL shows slot `slot` as `active` (or not).
@@ -145,19 +168,20 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
-    let ingest = |slot: &str| {
+    let ingest = |slot: &str, http: &str| {
         let mut c = Command::new(bin());
         c.args(["ingest", "--pg", &url, "--publication", "p", "--warehouse"])
             .arg(&wh)
-            .args(["--slot", slot, "--batch-interval-ms", "50"])
+            .args(["--slot", slot, "--batch-interval-ms", "50", "--http", http])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         c
     };
-    let mut first = ingest("first").spawn().unwrap();
-    wait_streaming(&client, "first").await;
+    let http = free_addr();
+    let mut first = ingest("first", &http).spawn().unwrap();
+    wait_phase(&http, "streaming").await;
     // Another slot, same warehouse: refused at once, naming the holder; it writes nothing.
-    let second = ingest("second").output().unwrap();
+    let second = ingest("second", &free_addr()).output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{err}");
     assert!(
@@ -184,8 +208,9 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
         .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(101, 150) g")
         .await
         .unwrap();
-    let mut again = ingest("first").spawn().unwrap();
-    wait_streaming(&client, "first").await;
+    let http = free_addr();
+    let mut again = ingest("first", &http).spawn().unwrap();
+    wait_phase(&http, "streaming").await;
     let _ = Command::new("kill")
         .args(["-TERM", &again.id().to_string()])
         .status();
@@ -201,13 +226,13 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
     assert!(status.success(), "{status:?}: {err}");
     // A clean stop released it: another slot is no longer refused for the lease (it stops
     // on its own check instead: a new slot cannot continue tables another slot wrote).
-    let second = ingest("second")
+    let second = ingest("second", &free_addr())
         .arg("--exit-when-caught-up")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(!err.contains("lease is held"), "{err}");
-    let mut c = ingest("first");
+    let mut c = ingest("first", &free_addr());
     c.arg("--exit-when-caught-up");
     let out = c.output().unwrap();
     assert!(

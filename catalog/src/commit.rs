@@ -16,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use iceberg::spec::{
     DataContentType, DataFile, ManifestContentType, ManifestFile, ManifestListWriter,
@@ -85,9 +84,6 @@ impl Warehouse {
         Ok(CommitPath::new(self.catalog_url().pointers().await?.into()))
     }
 }
-
-/// How many times an unknown swap outcome is re-checked before giving up.
-const RESOLVE_ATTEMPTS: u32 = 6;
 
 impl CommitPath {
     /// A commit path publishing through `pointers`.
@@ -348,6 +344,8 @@ impl CommitPath {
             .compare_and_swap(ident, &current, &location)
             .await;
         let mut failures = 0;
+        // How long an unknown swap outcome is re-checked before it is reported unknown.
+        let mut resolving = crate::Retry::transient_io();
         let committed = loop {
             let e = match swap {
                 Ok(true) => break true,
@@ -383,16 +381,16 @@ impl CommitPath {
                 Err(e) => e,
             };
             failures += 1;
-            if failures > RESOLVE_ATTEMPTS {
+            let Some(pause) = resolving.next_pause() else {
                 tracing::error!(table = %name, metadata = %location, error = %e, "commit outcome unknown");
                 return Err(CatalogError::CommitOutcomeUnknown {
                     table: name,
                     metadata_location: location,
                     source: Box::new(e),
                 });
-            }
+            };
             tracing::warn!(table = %name, failures, error = %e, "pointer swap failed; resolving its outcome");
-            tokio::time::sleep(Duration::from_millis(50 << failures.min(6))).await;
+            tokio::time::sleep(pause).await;
             // Swapping again from the same base to the same location is safe: at most one
             // attempt can apply, and a pointer that moved elsewhere is examined above.
             swap = self

@@ -11,6 +11,7 @@ pub mod commit;
 mod error;
 pub mod lease;
 pub mod pointer;
+pub mod retry;
 pub mod storage;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub use error::{CatalogError, Result};
 pub use iceberg::{Catalog, NamespaceIdent, TableIdent};
 pub use pointer::CatalogUrl;
+pub use retry::Retry;
 pub use storage::{Location, ObjectStorage};
 
 use iceberg::CatalogBuilder;

@@ -426,9 +426,20 @@ impl Storage for ObjectStorage {
 
     async fn delete(&self, path: &str) -> iceberg::Result<()> {
         let r = self.resolve(path)?;
-        match r.store.delete(&r.key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(os_error(path, e)),
+        // Deleting is idempotent, but object_store sends S3's delete as a POST and does not
+        // retry it when a pooled connection turns out reset: retry here.
+        let mut retry = crate::Retry::transient_io();
+        loop {
+            match r.store.delete(&r.key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => {
+                    let e = os_error(path, e);
+                    if !e.retryable() || !retry.pause().await {
+                        return Err(e);
+                    }
+                    tracing::debug!(path, error = %e, "delete failed in transport; retrying");
+                }
+            }
         }
     }
 

@@ -32,9 +32,6 @@ pub const KEY_COLUMNS_PROPERTY: &str = "bitvelocity.key-columns";
 
 type Writer = FanoutWriter<DataWriterBuilder>;
 
-/// How many times a commit that lost a race (to maintenance) is retried on the new table state.
-const MAX_COMMIT_ATTEMPTS: usize = 100;
-
 struct BronzeTable {
     ident: TableIdent,
     table: Table,
@@ -194,9 +191,8 @@ impl BronzeSink {
             None => (None, HashMap::new()),
         };
         crate::crash::point("bronze.before_catalog_commit");
-        let mut attempt = 0;
+        let mut retry = catalog::Retry::commit_race();
         let table = loop {
-            attempt += 1;
             let delta = RowDelta {
                 data_files: files.clone(),
                 properties: properties.clone(),
@@ -209,10 +205,9 @@ impl BronzeSink {
                 .await
             {
                 Ok(table) => break table,
-                Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => {
+                Err(e) if e.is_retryable() && retry.pause().await => {
                     // Appends never conflict with a rewrite: retry on the new base.
-                    tracing::debug!(table = %t.ident, attempt, error = %e, "bronze commit lost a race; retrying");
-                    tokio::time::sleep(crate::silver::retry_pause(attempt)).await;
+                    tracing::debug!(table = %t.ident, retries = retry.retries(), error = %e, "bronze commit lost a race; retrying");
                     t.table = reload_behind(catalog.as_ref(), &t.ident, lsn).await?;
                 }
                 Err(e) => return Err(e.into()),

@@ -273,6 +273,7 @@ pub async fn compact(
     let mut translated: Vec<(String, i64)> = Vec::new();
     let mut translated_files: Vec<DataFile> = Vec::new();
     let mut current = base;
+    let mut retry = catalog::Retry::commit_race();
     for attempt in 0..=MAX_REBASES {
         let mut properties =
             HashMap::from([(MAINTENANCE_PROPERTY.to_string(), "compaction".to_string())]);
@@ -302,8 +303,7 @@ pub async fn compact(
                 tracing::info!(table = %ident, ?report, "compacted");
                 return Ok(report);
             }
-            Err(e) if e.is_retryable() && attempt < MAX_REBASES => {
-                tokio::time::sleep(crate::silver::retry_pause(attempt + 1)).await;
+            Err(e) if e.is_retryable() && attempt < MAX_REBASES && retry.pause().await => {
                 current = load(catalog, ident).await?;
                 let now = live_files(&current).await?;
                 let live_now: HashSet<&str> = now.data.iter().map(|f| f.file.file_path()).collect();
@@ -413,6 +413,7 @@ pub async fn expire_snapshots(
     older_than: Duration,
     retain_last: usize,
 ) -> Result<usize> {
+    let mut retry = catalog::Retry::commit_race();
     for _ in 0..MAX_REBASES {
         let table = load(catalog, ident).await?;
         let meta = table.metadata();
@@ -444,10 +445,7 @@ pub async fn expire_snapshots(
                 tracing::info!(table = %ident, expired = expired.len(), "expired snapshots");
                 return Ok(expired.len());
             }
-            Err(e) if e.is_retryable() => {
-                tokio::time::sleep(crate::silver::retry_pause(1)).await;
-                continue;
-            }
+            Err(e) if e.is_retryable() && retry.pause().await => continue,
             Err(e) => return Err(e.into()),
         }
     }

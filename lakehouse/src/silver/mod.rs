@@ -35,8 +35,6 @@ use plan::{apply_to_index, materialize, plan, write_data};
 /// Namespace of the current-state tables.
 pub const SILVER_NAMESPACE: &str = "silver";
 
-/// How many times a commit that lost a race is retried on the new table state.
-const MAX_COMMIT_ATTEMPTS: usize = 100;
 /// Rows per output batch when assembling new row versions.
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
 
@@ -367,7 +365,7 @@ impl SilverSink {
             .tables
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?;
-        let mut attempt = 0;
+        let mut retry = catalog::Retry::commit_race();
         let rows_in = t.pending.iter().map(|b| b.num_rows()).sum::<usize>();
         'plan: loop {
             if t.index_stale {
@@ -405,7 +403,6 @@ impl SilverSink {
                 .collect();
             let mut base_files = None;
             loop {
-                attempt += 1;
                 let delta = RowDelta {
                     data_files: data_files.clone(),
                     delete_files: delete_files.clone(),
@@ -444,14 +441,14 @@ impl SilverSink {
                         tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
                         return Ok(());
                     }
-                    Err(e) if e.is_retryable() && attempt < MAX_COMMIT_ATTEMPTS => e,
+                    Err(e) if e.is_retryable() && retry.pause().await => e,
                     Err(e) => return Err(e.into()),
                 };
                 // Re-validate on the new table state. The index (and so the plan) describes
                 // exactly the live data files of the old base: a new base is taken only if it
                 // holds the same ones (an expiry, say); a rewrite that removed or added files
                 // (maintenance) means re-planning on a rebuilt index.
-                tokio::time::sleep(retry_pause(attempt)).await;
+                let attempt = retry.retries();
                 if base_files.is_none() {
                     // Still the base the plan was made on: read its files once per plan.
                     base_files = Some(live_data_paths(&t.table).await?);
@@ -503,13 +500,6 @@ async fn live_data_paths(table: &Table) -> Result<HashSet<String>> {
         .into_iter()
         .map(|f| f.file.file_path().to_string())
         .collect())
-}
-
-/// A growing, jittered pause between commit attempts, so racing writers spread out.
-pub(crate) fn retry_pause(attempt: usize) -> std::time::Duration {
-    let base = 5u64 * attempt.min(20) as u64;
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 20) as u64;
-    std::time::Duration::from_millis(base + jitter)
 }
 
 #[async_trait]
