@@ -674,8 +674,23 @@ impl<S: ChangeSink> Ingester<S> {
                 added += 1;
             }
             Change::Update(old, new) => {
+                // Under REPLICA IDENTITY FULL the old image is the whole row with TOASTed
+                // values inlined: what the new image leaves out as unchanged comes from it,
+                // so the new version is complete.
+                let filled: Vec<Cell<'_>>;
+                let new = match old {
+                    Some((OldImage::Full, old_cells))
+                        if new.iter().any(|c| matches!(c, Cell::Unchanged)) =>
+                    {
+                        filled = fill_unchanged(new, old_cells);
+                        &filled[..]
+                    }
+                    _ => new,
+                };
+                // A keyless table's rows are identified by all their values: every update
+                // retires one row equal to the old image (there may be several) and adds one.
                 if let Some((_, old_cells)) = old
-                    && key_changed(&st.source, old_cells, new)
+                    && (!st.source.has_pk || key_changed(&st.source, old_cells, new))
                 {
                     // The row moved to a new key: retire the old key first.
                     st.buf.push_cells(Op::Delete, old_cells, meta)?;
@@ -783,6 +798,17 @@ enum Change<'c, 'a> {
     Update(Option<&'c (OldImage, Vec<Cell<'a>>)>, &'c [Cell<'a>]),
     Delete(&'c (OldImage, Vec<Cell<'a>>)),
     Truncate,
+}
+
+/// The new image with each unchanged-TOAST cell replaced by the old image's value.
+fn fill_unchanged<'a>(new: &[Cell<'a>], old: &[Cell<'a>]) -> Vec<Cell<'a>> {
+    new.iter()
+        .zip(old)
+        .map(|(n, o)| match n {
+            Cell::Unchanged => *o,
+            n => *n,
+        })
+        .collect()
 }
 
 /// Whether an update moved the row to another key (compares the key columns' text).

@@ -107,9 +107,10 @@ pub struct SourceTable {
     pub name: String,
     /// Published columns in order.
     pub columns: Vec<PgColumn>,
-    /// Row identity used to replay the log (primary key, else all columns).
+    /// Row identity used to replay the log: the columns PostgreSQL sends in old-row images
+    /// (the replica identity index, else the primary key), else all columns.
     pub key: Vec<String>,
-    /// Whether `key` is a primary key (else it is every column).
+    /// Whether `key` is a unique key (else it is every column, and equal rows may repeat).
     pub has_pk: bool,
     /// The change-log layout in the lakehouse.
     pub changelog: ChangeLogSchema,
@@ -203,19 +204,28 @@ pub async fn discover(client: &Client, publication: &str) -> Result<Vec<SourceTa
                 backfilled: false,
             });
         }
-        let pk = primary_key(client, oid as u32).await?;
+        let pk = row_identity(client, oid as u32).await?;
         out.push(SourceTable::new(oid as u32, schema, name, columns, pk));
     }
     Ok(out)
 }
 
-/// The primary-key columns of table `oid` as (attnum, name), in key order.
-async fn primary_key(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
+/// The columns that identify a row of table `oid` in old-row images, as (attnum, name) in
+/// key order: those of its `REPLICA IDENTITY USING INDEX` index (unique, not null, and
+/// what PostgreSQL sends when a row is updated or deleted, whether or not a primary key
+/// exists), else those of its primary key; none means every column (`FULL`).
+async fn row_identity(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
     Ok(client
         .query(
-            "SELECT a.attnum::int4, a.attname::text FROM pg_index i
+            "SELECT a.attnum::int4, a.attname::text
+             FROM pg_class c
+             JOIN pg_index i ON i.indrelid = c.oid
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey::int2[])
-             WHERE i.indrelid = $1::int8::oid AND i.indisprimary
+             WHERE c.oid = $1::int8::oid
+               AND CASE WHEN c.relreplident = 'i'
+                             AND EXISTS (SELECT 1 FROM pg_index x
+                                         WHERE x.indrelid = c.oid AND x.indisreplident)
+                        THEN i.indisreplident ELSE i.indisprimary END
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
             &[&(oid as i64)],
         )
@@ -226,7 +236,7 @@ async fn primary_key(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
 }
 
 impl SourceTable {
-    /// A table with `columns` and primary key `pk` (attnum, name); no key means every column.
+    /// A table with `columns` and row identity `pk` (attnum, name); none means every column.
     fn new(
         oid: u32,
         schema: String,
@@ -269,7 +279,7 @@ impl SourceTable {
     /// identities (attnums, to tell a rename from a drop and an add), whether a new column
     /// was filled by a default, and the key come from the catalog; the lakehouse decides
     /// against what it stores whether it can follow. Fails with
-    /// [`IngestError::SchemaChanged`] when a type cannot be stored or the primary key changed.
+    /// [`IngestError::SchemaChanged`] when a type cannot be stored or the row identity changed.
     pub async fn describe(&self, client: &Client, rel: &Relation) -> Result<SourceTable> {
         let qualified = self.qualified();
         let changed = |change: String| IngestError::SchemaChanged {
@@ -319,7 +329,7 @@ impl SourceTable {
                 backfilled,
             });
         }
-        let pk: Vec<(i32, String)> = primary_key(client, self.oid).await?;
+        let pk: Vec<(i32, String)> = row_identity(client, self.oid).await?;
         let pk: Vec<(i32, String)> = if pk
             .iter()
             .all(|(a, _)| columns.iter().any(|c| c.attnum == Some(*a)))
@@ -328,7 +338,7 @@ impl SourceTable {
         } else {
             // The key names a column the stream does not have yet (the catalog moved on).
             return Err(changed(
-                "primary key names a column the change stream does not have".into(),
+                "row identity names a column the change stream does not have".into(),
             ));
         };
         let key_ids = |t: &SourceTable| -> Vec<Option<i32>> {
@@ -351,7 +361,7 @@ impl SourceTable {
         );
         if next.has_pk != self.has_pk || (self.has_pk && key_ids(&next) != key_ids(self)) {
             return Err(changed(format!(
-                "primary key changed from ({}) to ({})",
+                "row identity (replica identity index, else primary key) changed from ({}) to ({})",
                 if self.has_pk {
                     self.key.join(", ")
                 } else {

@@ -49,7 +49,48 @@ pub enum Val {
     List(Vec<Val>),
 }
 
+/// Row key → row. A keyless table (keyed by all its columns) may hold equal rows: each
+/// occurrence is keyed by its values plus its ordinal among equals (see [`add_row`]).
 pub type Rows = BTreeMap<Vec<Val>, Vec<Val>>;
+
+/// Adds `vals` to `rows`; a second row with the key of a keyed table is a bug and panics.
+pub fn add_row(t: &SourceTable, rows: &mut Rows, vals: Vec<Val>, what: &str) {
+    let mut key = key_of(t, &vals);
+    if !t.has_pk {
+        let n = occurrences(rows, &key);
+        key.push(Val::Int(n as i64));
+    }
+    if let Some(old) = rows.insert(key.clone(), vals) {
+        panic!(
+            "{}: key {key:?} twice in {what} (also {old:?})",
+            t.qualified()
+        );
+    }
+}
+
+/// Removes the row with the key of `vals` (one occurrence of equal rows of a keyless table).
+pub fn remove_row(t: &SourceTable, rows: &mut Rows, vals: &[Val]) -> Option<Vec<Val>> {
+    let mut key = key_of(t, vals);
+    if !t.has_pk {
+        let n = occurrences(rows, &key);
+        if n == 0 {
+            return None;
+        }
+        key.push(Val::Int(n as i64 - 1));
+    }
+    rows.remove(&key)
+}
+
+/// How many equal rows with all-column key `key` are in `rows`.
+fn occurrences(rows: &Rows, key: &[Val]) -> usize {
+    (0..)
+        .take_while(|n| {
+            let mut k = key.to_vec();
+            k.push(Val::Int(*n as i64));
+            rows.contains_key(&k)
+        })
+        .count()
+}
 
 /// Anything that names a warehouse: a local folder, or an opened [`catalog::Warehouse`]
 /// (an S3 one with a PostgreSQL catalog, say).
@@ -309,12 +350,7 @@ pub async fn pg_rows(client: &Client, t: &SourceTable) -> Rows {
             .enumerate()
             .map(|(i, c)| pg_val(&row, i, &c.kind))
             .collect();
-        let key = key_of(t, &vals);
-        assert!(
-            out.insert(key, vals).is_none(),
-            "duplicate key in source {}",
-            t.qualified()
-        );
+        add_row(t, &mut out, vals, "the source");
     }
     out
 }
@@ -461,8 +497,18 @@ pub fn replay(t: &SourceTable, changes: &[ChangeRow]) -> Rows {
         match c.op.as_str() {
             "truncate" => state.clear(),
             "delete" => {
-                let old = state.remove(&key_of(t, &c.values));
+                let old = remove_row(t, &mut state, &c.values);
                 last_deleted = old.map(|row| (c.lsn, c.seq, row));
+            }
+            "insert" | "update" if !t.has_pk => {
+                // Keyless: the source sends the whole old row, logged as a delete just
+                // before, and the whole new one.
+                assert!(
+                    c.unchanged.is_empty(),
+                    "{}: unchanged TOAST in a keyless table's change",
+                    t.qualified()
+                );
+                add_row(t, &mut state, c.values.clone(), "bronze replay");
             }
             "insert" | "update" => {
                 let key = key_of(t, &c.values);
@@ -532,13 +578,7 @@ pub async fn query_rows(
         );
         for i in 0..b.num_rows() {
             let vals: Vec<Val> = b.columns().iter().map(|c| arrow_val(c, i)).collect();
-            let key = key_of(t, &vals);
-            if let Some(old) = out.insert(key.clone(), vals) {
-                panic!(
-                    "{}: key {key:?} twice in silver (also {old:?})",
-                    t.qualified()
-                );
-            }
+            add_row(t, &mut out, vals, "silver");
         }
     }
     out

@@ -141,7 +141,15 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
                     });
                 }
                 "update" => {
-                    let prior = curs.pop();
+                    // Rows of a keyless table are their values: the source's update of one
+                    // retires the old row by the delete logged just before and adds this one
+                    // (an equal row already there is another row, and stays). Without that
+                    // delete the update changed nothing, and replaces one equal row.
+                    let prior = if t.multi && moved_from.is_some() {
+                        None
+                    } else {
+                        curs.pop()
+                    };
                     if !t.multi {
                         for cur in curs.drain(..) {
                             kill(cur, &mut p.rows, &mut p.deletes);
@@ -175,6 +183,8 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
                     }
                     match prior {
                         Some(cur) => kill(cur, &mut p.rows, &mut p.deletes),
+                        // The row moved here from the key deleted just before.
+                        None if moved_from.is_some() => {}
                         None => p.missing += 1,
                     }
                     curs.push(Cur::Pending(p.rows.len() as u32));
