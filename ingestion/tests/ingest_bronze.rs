@@ -233,6 +233,56 @@ async fn restart_resumes_where_it_stopped_without_duplicates() {
 }
 
 #[tokio::test]
+async fn source_tables_whose_names_collide_get_distinct_stable_tables() {
+    let (_pg, url) = start_pg("names").await;
+    let client = connect(&url).await;
+    // public.a_b and a.b both read `a_b`; a.a_b would read `a_a_b` like public.a_a_b.
+    client
+        .batch_execute(
+            "CREATE SCHEMA a;
+             CREATE TABLE public.a_b (id int PRIMARY KEY, v text);
+             CREATE TABLE a.b (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION p FOR TABLE public.a_b, a.b;
+             INSERT INTO public.a_b VALUES (1, 'public.a_b');
+             INSERT INTO a.b VALUES (1, 'a.b'), (2, 'a.b');",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    // Added to the publication later: its readable name `a__b` is held by a.b.
+    client
+        .batch_execute(
+            "CREATE TABLE public.a__b (id int PRIMARY KEY, v text);
+             INSERT INTO public.a__b VALUES (7, 'public.a__b');
+             ALTER PUBLICATION p ADD TABLE public.a__b;
+             INSERT INTO public.a_b VALUES (2, 'public.a_b');
+             INSERT INTO a.b VALUES (3, 'a.b');",
+        )
+        .await
+        .unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    let wh = catalog::Warehouse::new(dir.path()).unwrap();
+    let mut names = Vec::new();
+    for t in tables(&client, "p").await {
+        let n = assert_bronze_matches(&client, dir.path(), &t).await;
+        assert_eq!(n, assert_silver_matches(&client, dir.path(), &t).await);
+        names.push((t.qualified(), common::lake_name(&wh, &t).await, n));
+    }
+    names.sort();
+    let want = [
+        ("a.b", "a__b", 3),
+        ("public.a__b", "public__a__b", 1),
+        ("public.a_b", "a_b", 2),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(s, n, c)| (s.to_string(), n.to_string(), *c))
+        .collect();
+    assert_eq!(names, want);
+}
+
+#[tokio::test]
 async fn unsupported_type_fails_before_writing_and_keeps_committed_tables() {
     let (_pg, url) = start_pg("badtype").await;
     let client = connect(&url).await;

@@ -103,8 +103,8 @@ impl BronzeSink {
         catalog: &dyn Catalog,
         namespace: &NamespaceIdent,
         schema: &ChangeLogSchema,
+        name: String,
     ) -> Result<(Table, TableProgress)> {
-        let name = schema.table_name();
         let ident = TableIdent::new(namespace.clone(), name.clone());
         let err = LakehouseError::iceberg(&ident);
         let table = if catalog
@@ -391,9 +391,10 @@ impl ChangeSink for BronzeSink {
     async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>> {
         let mut out = Vec::with_capacity(tables.len());
         self.tables.clear();
-        for schema in tables {
+        let names = crate::naming::resolve(self.catalog.as_ref(), tables).await?;
+        for (schema, name) in tables.iter().zip(names) {
             let (table, progress) =
-                Self::open_table(self.catalog.as_ref(), &self.namespace, schema).await?;
+                Self::open_table(self.catalog.as_ref(), &self.namespace, schema, name).await?;
             let ident = table.identifier().clone();
             let meta = table.metadata();
             let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(

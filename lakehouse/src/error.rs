@@ -31,6 +31,16 @@ pub enum LakehouseError {
         /// The stored text.
         value: String,
     },
+    /// Every name a source table may take is held by other source tables.
+    #[error(
+        "source table {source_table}: every name it may take ({names}) is held by another source table"
+    )]
+    NameTaken {
+        /// The source table, `schema.table`.
+        source_table: String,
+        /// The names tried.
+        names: String,
+    },
     /// A write named a table the sink was not prepared for.
     #[error("table #{0} was not prepared")]
     UnknownTable(usize),

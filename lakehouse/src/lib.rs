@@ -14,6 +14,7 @@ mod error;
 pub mod files;
 pub mod maintenance;
 pub mod medallion;
+pub mod naming;
 pub mod pk_index;
 pub mod query;
 pub mod scan;

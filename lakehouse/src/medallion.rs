@@ -276,7 +276,7 @@ fn first_row_after(batch: &RecordBatch, last: Option<i64>) -> Result<Option<usiz
 #[async_trait]
 impl ChangeSink for MedallionSink {
     async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>> {
-        self.names = tables.iter().map(|t| t.table_name()).collect();
+        self.names = crate::naming::resolve(self.catalog.as_ref(), tables).await?;
         self.written = vec![false; tables.len()];
         self.since_maintenance = vec![0; tables.len()];
         self.positioned = vec![false; tables.len()];

@@ -130,7 +130,9 @@ pub struct ChangeLogSchema {
 }
 
 impl ChangeLogSchema {
-    /// Name of the lakehouse table: the source name, prefixed by its schema unless `public`.
+    /// The readable name of the lakehouse table: the source name, prefixed by its schema
+    /// unless `public`. Two sources may share it; [`crate::naming::resolve`] gives the name
+    /// a table actually has.
     pub fn table_name(&self) -> String {
         if self.source_schema == "public" {
             self.source_table.clone()

@@ -434,18 +434,27 @@ pub struct ChangeRow {
     pub unchanged: Vec<String>,
 }
 
+/// The Iceberg name the lakehouse gave source table `t` (see `lakehouse::naming`).
+pub async fn lake_name(wh: &catalog::Warehouse, t: &SourceTable) -> String {
+    let cat = wh.open_catalog().await.unwrap();
+    lakehouse::naming::resolve(cat.as_ref(), std::slice::from_ref(&t.changelog))
+        .await
+        .unwrap()
+        .remove(0)
+}
+
 /// Every row of `bronze.<table>` ordered by (`_lsn`, `_seq`).
 pub async fn bronze_changes(
     warehouse: &(impl AsWarehouse + ?Sized),
     t: &SourceTable,
 ) -> Vec<ChangeRow> {
     let wh = warehouse.warehouse();
-    let cat = wh.open_catalog().await.unwrap();
-    let ctx = lakehouse::query::session(cat).await.unwrap();
     let sql = format!(
         "SELECT * FROM bronze.\"{}\" ORDER BY _lsn, _seq",
-        t.changelog.table_name()
+        lake_name(&wh, t).await
     );
+    let cat = wh.open_catalog().await.unwrap();
+    let ctx = lakehouse::query::session(cat).await.unwrap();
     let batches = lakehouse::query::run(&ctx, &sql)
         .await
         .expect("read bronze");
@@ -555,7 +564,10 @@ pub fn assert_no_duplicates(t: &SourceTable, changes: &[ChangeRow]) {
 /// Every row of `silver.<table>` as key → row (iceberg's reader applies the delete files);
 /// panics on a key that appears twice.
 pub async fn silver_rows(warehouse: &(impl AsWarehouse + ?Sized), t: &SourceTable) -> Rows {
-    let sql = format!("SELECT * FROM silver.\"{}\"", t.changelog.table_name());
+    let sql = format!(
+        "SELECT * FROM silver.\"{}\"",
+        lake_name(&warehouse.warehouse(), t).await
+    );
     query_rows(warehouse, t, &sql).await
 }
 

@@ -316,8 +316,8 @@ impl SilverSink {
         Ok(())
     }
 
-    async fn open_table(&self, schema: &ChangeLogSchema) -> Result<Table> {
-        let ident = TableIdent::new(self.namespace.clone(), schema.table_name());
+    async fn open_table(&self, schema: &ChangeLogSchema, name: String) -> Result<Table> {
+        let ident = TableIdent::new(self.namespace.clone(), name);
         let wanted = silver_schema(schema)?;
         let catalog = self.catalog.as_ref();
         if catalog
@@ -507,8 +507,10 @@ impl ChangeSink for SilverSink {
     async fn prepare(&mut self, tables: &[ChangeLogSchema]) -> Result<Vec<TableProgress>> {
         self.tables.clear();
         let mut out = Vec::with_capacity(tables.len());
-        for schema in tables {
-            let table = self.open_table(schema).await?;
+        // Bronze names the tables (it records their sources); silver uses the same names.
+        let names = crate::naming::resolve(self.catalog.as_ref(), tables).await?;
+        for (schema, name) in tables.iter().zip(names) {
+            let table = self.open_table(schema, name).await?;
             let ident = table.identifier().clone();
             let current = table.metadata().current_schema().clone();
             let arrow: SchemaRef = Arc::new(
