@@ -244,3 +244,125 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
     assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 150);
     assert_eq!(common::assert_silver_matches(&client, &wh, &t).await, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_commits_keep_the_stream_alive_and_a_dropped_connection_resumes() {
+    let (_pg, url) = common::start_pg("alive").await;
+    let client = common::connect(&url).await;
+    // The server drops a replication client it has not heard from for two seconds.
+    // (ALTER SYSTEM refuses to run in the implicit transaction of a multi-statement query.)
+    client
+        .batch_execute("ALTER SYSTEM SET wal_sender_timeout = '2s'")
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "SELECT pg_reload_conf();
+             CREATE TABLE t (id int PRIMARY KEY, v text); CREATE PUBLICATION p FOR TABLE t;
+             INSERT INTO t SELECT g, 'copied' FROM generate_series(1, 100) g;",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let http = free_addr();
+    // Every silver commit takes five seconds, well past the server's timeout.
+    let mut child = Command::new(bin())
+        .args(["ingest", "--pg", &url, "--publication", "p", "--warehouse"])
+        .arg(&wh)
+        .args(["--batch-interval-ms", "100", "--http", &http])
+        .env("BITVELOCITY_STALL_AT", "silver.before_catalog_commit:5000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reaper = Reaper(child.id());
+    wait_phase(&http, "streaming").await;
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(101, 150) g")
+        .await
+        .unwrap();
+    // Two slow commits go by without the server dropping the stream.
+    let commits = wait_metric(&http, "bitvelocity_ingest_commits_total", |n| n >= 2.0).await;
+    client
+        .batch_execute("UPDATE t SET v = 'during' WHERE id <= 20")
+        .await
+        .unwrap();
+    wait_metric(&http, "bitvelocity_ingest_commits_total", |n| n > commits).await;
+    assert_eq!(metric(&http, "bitvelocity_ingest_reconnects_total"), 0.0);
+    // The walsender is killed: the ingester reconnects and resumes from its last commit.
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p';
+             INSERT INTO t SELECT g, 'after' FROM generate_series(151, 200) g;
+             DELETE FROM t WHERE id BETWEEN 90 AND 110;",
+        )
+        .await
+        .unwrap();
+    wait_metric(&http, "bitvelocity_ingest_reconnects_total", |n| n == 1.0).await;
+    wait_phase(&http, "streaming").await;
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'last' FROM generate_series(201, 210) g")
+        .await
+        .unwrap();
+    let pg_lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let target = pg_lsn.parse::<ingestion::Lsn>().unwrap().0 as f64;
+    wait_metric(&http, "bitvelocity_ingest_confirmed_lsn", |n| n >= target).await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(err.contains("reconnecting and resuming"), "{err}");
+    // Exactly one reconnect: the slow commits never cost the stream.
+    assert_eq!(err.matches("reconnecting and resuming").count(), 1, "{err}");
+    let t = common::tables(&client, "p").await.remove(0);
+    assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 189);
+    assert_eq!(common::assert_silver_matches(&client, &wh, &t).await, 189);
+}
+
+/// Kills the ingester if the test fails before stopping it, so it does not outlive it.
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The value of Prometheus series `name` at the ingester's `/metrics`.
+fn metric(http: &str, name: &str) -> f64 {
+    let body = http_get(http, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// Waits (up to a minute) until series `name` satisfies `ok`; returns its value.
+async fn wait_metric(http: &str, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = metric(http, name);
+        if ok(v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} stayed at {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -93,11 +93,31 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    /// Whether reconnecting and resuming from the last commit may succeed.
+    /// Whether reconnecting and resuming from the last commit may succeed: the connection
+    /// broke or could not be made, the server is shutting down or restarting (SQLSTATE
+    /// classes 08 and 57, or too many connections), the slot is still held by our previous,
+    /// dying session (55006),
+    /// or the lakehouse reported a transient failure.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, IngestError::Io(_) | IngestError::Unreachable { .. })
-            || matches!(self, IngestError::Sink(e) if e.is_retryable())
+        match self {
+            IngestError::Io(_) | IngestError::Unreachable { .. } => true,
+            IngestError::Server { code, .. } => transient_sqlstate(code),
+            IngestError::Client(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|c| transient_sqlstate(c.code()))
+                    || (e.as_db_error().is_none()
+                        && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()))
+            }
+            IngestError::Sink(e) => e.is_retryable(),
+            _ => false,
+        }
     }
+}
+
+/// SQLSTATEs after which the same request may succeed on a new connection.
+fn transient_sqlstate(code: &str) -> bool {
+    // 53300: too many connections, 55006: object in use (the slot, by a dying session).
+    code.starts_with("08") || code.starts_with("57") || code == "53300" || code == "55006"
 }
 
 /// Result alias of this crate.

@@ -11,6 +11,7 @@ mod error;
 mod lsn;
 pub mod pgoutput;
 pub mod pipeline;
+pub mod progress;
 pub mod replication;
 pub mod snapshot;
 pub mod source;
@@ -18,4 +19,5 @@ pub mod value;
 
 pub use error::{IngestError, Result};
 pub use lsn::{Lsn, ParseLsnError};
-pub use pipeline::{IngestConfig, IngestMetrics, IngestPhase, IngestReport, Ingester};
+pub use pipeline::{IngestConfig, Ingester};
+pub use progress::{IngestMetrics, IngestPhase, IngestReport};

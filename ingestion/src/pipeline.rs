@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lakehouse::{ChangeSink, TableProgress, crash};
@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::changes::{ChangeBuffer, ChangeMeta, Op};
 use crate::pgoutput::{self, Cell, Message, OldImage, Relation};
+use crate::progress::{IngestMetrics, IngestPhase, IngestReport};
 use crate::replication::{
     ConnInfo, PG_EPOCH_OFFSET_MICROS, ReplicationConnection, ReplicationMessage, ReplicationStream,
 };
@@ -73,118 +74,6 @@ impl IngestConfig {
             record_freshness: false,
         }
     }
-}
-
-/// Where a run is, for health checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IngestPhase {
-    /// Connecting, discovering tables, opening the sink.
-    Starting,
-    /// Copying tables under an exported snapshot.
-    Copying,
-    /// Streaming changes.
-    Streaming,
-    /// Finished cleanly.
-    Stopped,
-    /// Stopped by an error.
-    Failed,
-}
-
-impl IngestPhase {
-    /// Lower-case name, for health output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IngestPhase::Starting => "starting",
-            IngestPhase::Copying => "copying",
-            IngestPhase::Streaming => "streaming",
-            IngestPhase::Stopped => "stopped",
-            IngestPhase::Failed => "failed",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => IngestPhase::Copying,
-            2 => IngestPhase::Streaming,
-            3 => IngestPhase::Stopped,
-            4 => IngestPhase::Failed,
-            _ => IngestPhase::Starting,
-        }
-    }
-}
-
-/// Live counters, shared with whoever shows progress.
-#[derive(Debug, Default)]
-pub struct IngestMetrics {
-    /// Rows written by the initial copy.
-    pub snapshot_rows: AtomicU64,
-    /// Change rows written from the stream.
-    pub changes: AtomicU64,
-    /// Change rows skipped because their table already held them.
-    pub skipped: AtomicU64,
-    /// Source transactions seen.
-    pub transactions: AtomicU64,
-    /// Lakehouse commits made.
-    pub commits: AtomicU64,
-    /// Position confirmed to PostgreSQL.
-    pub confirmed_lsn: AtomicU64,
-    /// Commit time (µs since Unix epoch) of the newest source transaction committed to the lakehouse.
-    pub last_commit_ts: AtomicU64,
-    /// Source commit → lakehouse commit, µs, per transaction (only with `record_freshness`).
-    freshness: std::sync::Mutex<Vec<u64>>,
-    /// Tables whose capture stopped, with the reason.
-    stopped: std::sync::Mutex<Vec<(String, String)>>,
-    phase: std::sync::atomic::AtomicU8,
-}
-
-impl IngestMetrics {
-    /// The current phase of the run.
-    pub fn phase(&self) -> IngestPhase {
-        IngestPhase::from_u8(self.phase.load(Ordering::Relaxed))
-    }
-
-    /// Records the phase the run entered.
-    pub fn set_phase(&self, phase: IngestPhase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
-    }
-
-    /// Records that `table`'s capture stopped, and why.
-    pub fn record_stopped(&self, table: &str, reason: &str) {
-        if let Ok(mut s) = self.stopped.lock() {
-            s.push((table.to_string(), reason.to_string()));
-        }
-    }
-
-    /// Tables whose capture stopped (an incompatible schema change), with the reason.
-    pub fn stopped_tables(&self) -> Vec<(String, String)> {
-        self.stopped.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-
-    /// The freshness samples recorded so far (µs).
-    pub fn freshness_micros(&self) -> Vec<u64> {
-        self.freshness.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-/// What a run did.
-#[derive(Debug, Clone, Default)]
-pub struct IngestReport {
-    /// Tables captured.
-    pub tables: usize,
-    /// Rows written by initial copies.
-    pub snapshot_rows: u64,
-    /// Change rows written from the stream.
-    pub changes: u64,
-    /// Change rows skipped as already committed.
-    pub skipped: u64,
-    /// Source transactions seen.
-    pub transactions: u64,
-    /// Lakehouse commits.
-    pub commits: u64,
-    /// Position confirmed to PostgreSQL at exit.
-    pub confirmed: Lsn,
-    /// Tables whose capture stopped (an incompatible schema change), with the reason.
-    pub stopped: Vec<(String, String)>,
 }
 
 /// Change capture from one PostgreSQL publication into one sink.
@@ -237,9 +126,46 @@ impl<S: ChangeSink> Ingester<S> {
     }
 
     /// Runs until caught up (if configured) or until `shutdown` turns true.
-    pub async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
-        self.metrics.set_phase(IngestPhase::Starting);
-        let mut result = self.run_inner(shutdown).await;
+    ///
+    /// A lost connection (or another error [`IngestError::is_retryable`] calls transient)
+    /// does not end the run: after a jittered, growing pause (`lakehouse::Retry::reconnect`)
+    /// it starts over exactly as a restarted process would, from what the lakehouse has
+    /// committed, discarding everything not committed. Only an outage outlasting the
+    /// budget, or any other error, ends it.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
+        let mut retry = lakehouse::Retry::reconnect();
+        // A source that was never reached is a configuration error, reported at once.
+        let mut ever_ran = false;
+        let mut result = loop {
+            self.metrics.set_phase(IngestPhase::Starting);
+            let started = Instant::now();
+            let result = self.run_inner(shutdown.clone()).await;
+            ever_ran |= matches!(
+                self.metrics.phase(),
+                IngestPhase::Copying | IngestPhase::Streaming
+            );
+            let e = match result {
+                Err(e) if ever_ran && e.is_retryable() && !*shutdown.borrow() => e,
+                other => break other,
+            };
+            if started.elapsed() > Duration::from_secs(300) {
+                // It ran a good while: this is a new outage, with a fresh budget.
+                retry = lakehouse::Retry::reconnect();
+            }
+            let Some(pause) = retry.next_pause() else {
+                tracing::error!(error = %e, retries = retry.retries(), "the source stayed unreachable; giving up");
+                break Err(e);
+            };
+            self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, ?pause, "lost the source; reconnecting and resuming from the last commit");
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                break Err(e);
+            }
+        };
         if result.is_ok()
             && let Err(e) = self.sink.close().await
         {
@@ -449,6 +375,7 @@ impl<S: ChangeSink> Ingester<S> {
         let mut confirmed = Lsn(states.iter().map(|s| s.needed_from.0).min().unwrap_or(0));
         let mut server_end = Lsn::ZERO;
         let mut last_status = Instant::now();
+        let status_every = status_period(client).await?;
         let mut stopping = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -462,7 +389,14 @@ impl<S: ChangeSink> Ingester<S> {
                     || stopping
                     || (self.cfg.exit_when_caught_up && end >= target))
             {
-                self.commit_batch(states, end).await?;
+                let at = acked(confirmed, states);
+                keep_alive(
+                    &mut stream,
+                    at,
+                    status_every,
+                    self.commit_batch(states, end),
+                )
+                .await?;
                 report.commits += 1;
                 let now = chrono::Utc::now().timestamp_micros();
                 if let Some(&last) = pending_ts.last() {
@@ -506,7 +440,7 @@ impl<S: ChangeSink> Ingester<S> {
                 report.transactions = self.metrics.transactions.load(Ordering::Relaxed);
                 return Ok(report);
             }
-            if last_status.elapsed() >= Duration::from_secs(5) {
+            if last_status.elapsed() >= status_every {
                 stream
                     .send_status(acked(confirmed, states), acked(confirmed, states), false)
                     .await?;
@@ -572,9 +506,17 @@ impl<S: ChangeSink> Ingester<S> {
                             pending_ts.push(commit_ts + PG_EPOCH_OFFSET_MICROS);
                             crash::point("stream.after_commit_message");
                             // Bounded memory: hand big buffers to the sink between transactions too.
+                            let at = acked(confirmed, states);
                             for (i, st) in states.iter_mut().enumerate() {
                                 if st.buf.len() >= self.cfg.flush_rows {
-                                    self.sink.write(i, st.buf.finish()?).await?;
+                                    let batch = st.buf.finish()?;
+                                    keep_alive(
+                                        &mut stream,
+                                        at,
+                                        status_every,
+                                        self.sink.write(i, batch),
+                                    )
+                                    .await?;
                                 }
                             }
                         }
@@ -787,6 +729,29 @@ impl<S: ChangeSink> Ingester<S> {
     }
 }
 
+/// Runs `work` (a commit, a flush: anything that may outlast the server's
+/// `wal_sender_timeout`) while telling the server every `period` that this client is
+/// alive, at position `at` (what is confirmed already: never what `work` is committing).
+async fn keep_alive<T, E>(
+    stream: &mut ReplicationStream,
+    at: Lsn,
+    period: Duration,
+    work: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T>
+where
+    IngestError: From<E>,
+{
+    let mut work = std::pin::pin!(work);
+    // The first tick is immediate: the server's clock restarts as the work begins.
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out?),
+            _ = tick.tick() => stream.send_status(at, at, false).await?,
+        }
+    }
+}
+
 /// The open transaction a change belongs to; pgoutput never sends changes outside one.
 fn in_txn(txn: &mut Option<Txn>) -> Result<&mut Txn> {
     txn.as_mut()
@@ -844,6 +809,21 @@ async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Client> {
         }
     });
     Ok(client)
+}
+
+/// How often to tell the server this client is alive: a quarter of its
+/// `wal_sender_timeout` (after which it drops a silent client), between 100 ms and 10 s.
+async fn status_period(client: &tokio_postgres::Client) -> Result<Duration> {
+    let ms: i64 = client
+        .query_one(
+            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
+            &[],
+        )
+        .await?
+        .get(0);
+    // 0 turns the timeout off.
+    let quarter = if ms <= 0 { 10_000 } else { ms / 4 };
+    Ok(Duration::from_millis(quarter.clamp(100, 10_000) as u64))
 }
 
 async fn current_wal_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {

@@ -492,7 +492,9 @@ fn server_error(body: backend::ErrorResponseBody, during_login: bool) -> IngestE
         message = format!("{message} ({detail})");
     }
     // 28xxx: invalid authorization; 3D000: unknown database.
-    if during_login || code.starts_with("28") || code == "3D000" {
+    // A server starting up or shutting down (57P0x) during login is worth another try.
+    let transient = code.starts_with("57") || code.starts_with("08") || code == "53300";
+    if code.starts_with("28") || code == "3D000" || (during_login && !transient) {
         IngestError::Auth(format!("{message} [{code}]"))
     } else {
         IngestError::Server { code, message }

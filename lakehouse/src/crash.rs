@@ -6,6 +6,9 @@
 //! point costs one relaxed atomic load. We keep this small module instead of the
 //! `fail` crate because its actions (panic, return, sleep) cannot model a
 //! process that vanishes mid-commit.
+//!
+//! `BITVELOCITY_STALL_AT=<point>:<millis>` makes every pass through a [`stall`] point
+//! wait that long (asynchronously), so tests can make a commit outlast a server timeout.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,5 +51,22 @@ pub fn point(name: &str) {
             .args(["-9", &pid])
             .status();
         std::process::abort();
+    }
+}
+
+/// A place where slow storage would make the process wait; waits if it is the configured
+/// stall point (`BITVELOCITY_STALL_AT`), else costs one load.
+pub async fn stall(name: &str) {
+    static STALL: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let stall = STALL.get_or_init(|| {
+        let spec = std::env::var("BITVELOCITY_STALL_AT").ok()?;
+        let (name, ms) = spec.rsplit_once(':')?;
+        Some((name.to_string(), ms.parse().ok()?))
+    });
+    if let Some((point, ms)) = stall
+        && point == name
+    {
+        tracing::warn!(point = name, ms, "stall point: waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
     }
 }

@@ -23,6 +23,8 @@ pub mod silver;
 pub mod sink;
 
 pub use bronze::BronzeSink;
+/// The retry policy every layer shares (re-exported so capture need not reach the catalog).
+pub use catalog::Retry;
 pub use error::{LakehouseError, Result};
 pub use medallion::MedallionSink;
 pub use schema::{ChangeLogSchema, ColumnType, SourceColumn};

@@ -31,6 +31,9 @@ pub struct TableProgress {
 ///   acknowledge the position to the source.
 /// - Calls are sequential (`&mut self`); a failed `commit` may have committed some
 ///   tables and not others, which `prepare` reports faithfully afterwards.
+/// - `prepare` may be called again on the same sink at any time (the capture does so
+///   when it reconnects after a lost connection): it discards everything written and
+///   not committed, exactly as a new process would not have it.
 #[async_trait]
 pub trait ChangeSink: Send {
     /// Creates each table if missing (or checks its layout) and returns its progress.

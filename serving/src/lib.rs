@@ -84,7 +84,7 @@ async fn health(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
 /// series; a metrics registry crate would add more than it saves here).
 async fn prometheus(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
     let up = matches!(m.phase(), IngestPhase::Copying | IngestPhase::Streaming);
-    let series: [(&str, &str, &str, f64); 9] = [
+    let series: [(&str, &str, &str, f64); 10] = [
         (
             "snapshot_rows_total",
             "counter",
@@ -114,6 +114,12 @@ async fn prometheus(State(m): State<Arc<IngestMetrics>>) -> impl IntoResponse {
             "counter",
             "Lakehouse commits made.",
             m.commits.load(Relaxed) as f64,
+        ),
+        (
+            "reconnects_total",
+            "counter",
+            "Times the source connection was lost and capture resumed from the last commit.",
+            m.reconnects.load(Relaxed) as f64,
         ),
         (
             "confirmed_lsn",

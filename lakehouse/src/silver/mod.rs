@@ -396,6 +396,7 @@ impl SilverSink {
                 );
             }
             crate::crash::point("silver.before_catalog_commit");
+            crate::crash::stall("silver.before_catalog_commit").await;
             let new_rows: Vec<u64> = data_files.iter().map(|f| f.record_count()).collect();
             let new_paths: Vec<String> = data_files
                 .iter()
