@@ -3,6 +3,7 @@
 mod bench;
 mod bench_silver;
 mod demo;
+mod inspect;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -114,6 +115,20 @@ enum Command {
         /// Read every silver table at one common source position (no half transactions across tables).
         #[arg(long)]
         consistent: bool,
+    },
+    /// List every bronze and silver table: source, rows, files, source position, last
+    /// commit, and whether its capture stopped.
+    Tables {
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
+    },
+    /// List the snapshots of one table (`silver.t`, `bronze.t`, or `t` for silver): id,
+    /// time, operation, source position and row counts; `*` marks the current one.
+    Snapshots {
+        /// The table.
+        table: String,
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
     },
     /// Measure against reference tools, side by side in one run.
     Bench {
@@ -272,6 +287,14 @@ async fn main() {
         } => {
             init_tracing("warn");
             maintain(warehouse, table, maintenance.options()).await
+        }
+        Command::Tables { warehouse } => {
+            init_tracing("warn");
+            inspect::tables(warehouse).await
+        }
+        Command::Snapshots { table, warehouse } => {
+            init_tracing("warn");
+            inspect::snapshots(&table, warehouse).await
         }
         Command::Sql {
             query,

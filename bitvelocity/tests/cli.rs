@@ -61,6 +61,54 @@ fn demo_matches_postgres_and_leaves_a_queryable_warehouse() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("| true | true "), "{table}");
+    // `tables` lists every table with its live row count, from metadata alone.
+    let listed = run_ok(&["tables", "--warehouse", wh.to_str().unwrap()]);
+    let rows = cells(&listed);
+    assert_eq!(
+        rows[0],
+        [
+            "layer",
+            "table",
+            "source",
+            "rows",
+            "data files",
+            "delete files",
+            "source position",
+            "last commit",
+            "capture"
+        ]
+    );
+    assert_eq!(
+        rows.len(),
+        1 + 2 * domains::ecommerce::TABLES.len(),
+        "{listed}"
+    );
+    for r in &rows[1..] {
+        let (layer, name) = (&r[0], &r[1]);
+        let counted = run_ok(&[
+            "sql",
+            &format!("SELECT count(*) AS n FROM {layer}.{name}"),
+            "--warehouse",
+            wh.to_str().unwrap(),
+        ]);
+        assert_eq!(cells(&counted)[1][0], r[3], "{layer}.{name}: {listed}");
+        assert_eq!(r[2], format!("public.{name}"));
+        assert!(r[6].contains('/') && r[8].is_empty(), "{listed}");
+    }
+    // `snapshots` shows the table's history; the current one's count is the table's.
+    let history = run_ok(&["snapshots", "orders", "--warehouse", wh.to_str().unwrap()]);
+    let snaps = cells(&history);
+    let current: Vec<_> = snaps.iter().filter(|r| r[0].ends_with(" *")).collect();
+    assert_eq!(current.len(), 1, "{history}");
+    let silver_orders = rows
+        .iter()
+        .find(|r| r[0] == "silver" && r[1] == "orders")
+        .unwrap();
+    assert_eq!(current[0][6], silver_orders[3], "{history}");
+    assert_eq!(current[0][3], silver_orders[6], "{history}");
+    assert!(snaps[1][2] == "append" && snaps.len() > 2, "{history}");
+    let e = one_line_error(&["snapshots", "nosuch", "--warehouse", wh.to_str().unwrap()]);
+    assert!(e.contains("no table silver.nosuch"), "{e}");
     // The demo empties only a folder it created: its own, yes; any other, never.
     let again = Command::new(bin())
         .args(["demo", "--operations", "50", "--warehouse"])
@@ -78,6 +126,31 @@ fn demo_matches_postgres_and_leaves_a_queryable_warehouse() {
     let e = one_line_error(&["demo", "--warehouse", mine.to_str().unwrap()]);
     assert!(e.contains("was not created by the demo"), "{e}");
     assert!(mine.join("precious.txt").exists());
+}
+
+/// Runs the binary with `args`, which must succeed; returns its stdout.
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The cells of a printed text table, header row first.
+fn cells(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
 }
 
 fn one_line_error(args: &[&str]) -> String {

@@ -12,6 +12,7 @@ pub mod crash;
 pub mod deletes;
 mod error;
 pub mod files;
+pub mod inspect;
 pub mod maintenance;
 pub mod medallion;
 pub mod naming;
