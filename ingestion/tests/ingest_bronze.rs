@@ -143,6 +143,33 @@ async fn writes_during_the_initial_copy_appear_exactly_once() {
         live,
         (200_001..=200_000 + writes as i64).collect::<Vec<_>>()
     );
+    // The writes straddled the handoff: some of the writer's rows reached bronze through
+    // the copy (no transaction id), later ones through the stream, and the writer's
+    // updates and deletes touched copied rows from the stream.
+    let writer_row =
+        |c: &&common::ChangeRow| matches!(c.values[0], common::Val::Int(id) if id > 200_000);
+    let copied = changes
+        .iter()
+        .filter(writer_row)
+        .filter(|c| c.txid.is_none())
+        .count();
+    let streamed = changes
+        .iter()
+        .filter(writer_row)
+        .filter(|c| c.txid.is_some() && c.op == "insert")
+        .count();
+    let streamed_on_copied = changes
+        .iter()
+        .filter(|c| c.txid.is_some() && c.op != "insert")
+        .filter(|c| matches!(c.values[0], common::Val::Int(id) if id <= 200_000))
+        .count();
+    println!(
+        "writer rows: {copied} via the copy, {streamed} via the stream; {streamed_on_copied} streamed changes of copied rows"
+    );
+    assert!(
+        copied > 0 && streamed > 0 && streamed_on_copied > 0,
+        "the writes did not straddle the handoff: {copied} copied, {streamed} streamed"
+    );
 }
 
 #[tokio::test]
