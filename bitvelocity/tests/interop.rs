@@ -101,6 +101,19 @@ async fn interop(target: Target) {
         )
         .await
         .unwrap();
+    // TOASTed descriptions, then updates that leave them out of the stream (unchanged TOAST):
+    // every reader must show the carried value.
+    client
+        .batch_execute(
+            "ALTER TABLE products ALTER COLUMN description SET STORAGE EXTERNAL;
+             UPDATE products SET description = repeat(md5(id::text), 100) WHERE id % 5 = 0;",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE products SET stock = stock + 1 WHERE id % 5 = 0")
+        .await
+        .unwrap();
     let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, wh)
         .await
         .unwrap();
@@ -130,6 +143,14 @@ async fn interop(target: Target) {
     .unwrap();
 
     let stdout = check(&python, &target, &url);
+    let toast_line = stdout
+        .lines()
+        .find(|l| l.starts_with("duckdb    products:"))
+        .unwrap_or_else(|| panic!("no DuckDB line for products:\n{stdout}"));
+    assert!(
+        !toast_line.contains("(0 with unchanged TOAST)"),
+        "DuckDB saw no unchanged TOAST to carry: {toast_line}"
+    );
     assert!(
         stdout.contains("pyiceberg time travel silver.customers")
             && stdout.contains("duckdb    time travel silver.customers"),
