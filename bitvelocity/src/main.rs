@@ -130,6 +130,11 @@ enum Command {
         #[command(flatten)]
         warehouse: WarehouseArgs,
     },
+    /// Operate on the source's replication slot.
+    Slot {
+        #[command(subcommand)]
+        what: SlotCommand,
+    },
     /// Measure against reference tools, side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -173,6 +178,23 @@ impl MaintainOpts {
             ..Default::default()
         }
     }
+}
+
+#[derive(Subcommand)]
+enum SlotCommand {
+    /// Drop the slot, so PostgreSQL stops keeping WAL for it (refused while an ingester
+    /// streams from it). Its tables cannot resume afterwards: re-copy them into a new warehouse.
+    Drop {
+        /// Source database URL.
+        #[arg(long)]
+        pg: String,
+        /// The slot (default: bitvelocity_<publication>).
+        #[arg(long, required_unless_present = "publication")]
+        slot: Option<String>,
+        /// Publication whose default slot is dropped.
+        #[arg(long)]
+        publication: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -287,6 +309,17 @@ async fn main() {
         } => {
             init_tracing("warn");
             maintain(warehouse, table, maintenance.options()).await
+        }
+        Command::Slot {
+            what:
+                SlotCommand::Drop {
+                    pg,
+                    slot,
+                    publication,
+                },
+        } => {
+            init_tracing("warn");
+            drop_slot(&pg, slot, publication).await
         }
         Command::Tables { warehouse } => {
             init_tracing("warn");
@@ -525,5 +558,25 @@ async fn sql(query: &str, warehouse: WarehouseArgs, consistent: bool) -> Result<
     };
     let batches = lakehouse::query::run(&ctx, query).await?;
     println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+    Ok(())
+}
+
+/// `bitvelocity slot drop`: drops the slot and says what it held.
+async fn drop_slot(pg: &str, slot: Option<String>, publication: Option<String>) -> Result<()> {
+    let slot = match (slot, publication) {
+        (Some(s), _) => s,
+        (None, Some(p)) => ingestion::IngestConfig::new(pg, p).slot,
+        (None, None) => anyhow::bail!("name the slot (--slot) or its publication"),
+    };
+    let dropped = ingestion::slot::drop_slot(pg, &slot).await?;
+    let confirmed = dropped
+        .confirmed
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "nothing".into());
+    let wal = dropped
+        .retained_wal_bytes
+        .map(|b| format!("{b} bytes of"))
+        .unwrap_or_else(|| "no".into());
+    println!("dropped slot {slot} (confirmed up to {confirmed}; it kept {wal} WAL)");
     Ok(())
 }

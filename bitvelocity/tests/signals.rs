@@ -243,6 +243,57 @@ async fn a_second_ingester_on_the_same_warehouse_is_refused_whatever_its_slot() 
     let t = common::tables(&client, "p").await.remove(0);
     assert_eq!(common::assert_bronze_matches(&client, &wh, &t).await, 150);
     assert_eq!(common::assert_silver_matches(&client, &wh, &t).await, 150);
+    // `slot drop`: refused while an ingester streams from the slot, done once it stopped.
+    let http = free_addr();
+    let mut running = ingest("first", &http).spawn().unwrap();
+    wait_phase(&http, "streaming").await;
+    let drop = |slot: &str| {
+        Command::new(bin())
+            .args(["slot", "drop", "--pg", &url, "--slot", slot])
+            .output()
+            .unwrap()
+    };
+    let refused = drop("first");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("is in use"),
+        "{err}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status();
+    assert!(running.wait().unwrap().success());
+    wait_slot(&client, "first", false).await;
+    let dropped = drop("first");
+    let out = String::from_utf8_lossy(&dropped.stdout);
+    assert!(
+        dropped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dropped.stderr)
+    );
+    assert!(
+        out.starts_with("dropped slot first (confirmed up to "),
+        "{out}"
+    );
+    let slots: i64 = client
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0);
+    let missing = drop("first");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("replication slot first: does not exist"),
+        "{err}"
+    );
+    // Its tables cannot continue from a new slot: the ingester names the gap.
+    let after = ingest("first", &free_addr())
+        .arg("--exit-when-caught-up")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&after.stderr);
+    assert!(!after.status.success() && err.contains("gap"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,7 +345,7 @@ impl CommitPath {
             .await;
         let mut failures = 0;
         // How long an unknown swap outcome is re-checked before it is reported unknown.
-        let mut resolving = crate::Retry::transient_io();
+        let mut resolving = crate::Retry::in_doubt();
         let committed = loop {
             let e = match swap {
                 Ok(true) => break true,

@@ -135,6 +135,12 @@ impl CatalogError {
         }
     }
 
+    /// Whether a commit lost the compare-and-swap to another writer: retried on the new
+    /// state for as long as [`crate::Retry::commit_race`] allows.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, CatalogError::CommitConflict { .. })
+    }
+
     /// Whether the operation may have been committed although it reported an error.
     pub fn may_have_committed(&self) -> bool {
         matches!(

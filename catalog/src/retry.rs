@@ -46,6 +46,19 @@ impl Retry {
         )
     }
 
+    /// For finding out whether a commit whose acknowledgement was lost applied: eight
+    /// checks over about twenty seconds, enough to ride out a catalog database failover
+    /// before the commit is reported as in doubt.
+    pub fn in_doubt() -> Self {
+        Self::new(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .with_max_times(8),
+        )
+    }
+
     /// For re-establishing a lost connection to the source database: pauses growing to
     /// thirty seconds, for up to fifteen minutes of waiting, long enough to ride out a
     /// server restart or failover, short enough that a supervisor hears of a lasting outage.
@@ -101,9 +114,11 @@ mod tests {
         let pauses: Vec<Duration> = std::iter::from_fn(|| r.next_pause()).collect();
         assert_eq!(pauses.len(), 5);
         assert_eq!(r.retries(), 5);
-        // Jitter adds up to one more delay on top of each step, never beyond twice the cap.
-        assert!(pauses.iter().all(|d| *d >= Duration::from_millis(50)));
-        assert!(pauses.iter().all(|d| *d <= Duration::from_secs(4)));
+        // Each step doubles and jitter adds less than one step: every pause is longer than
+        // the one before, and none reaches twice the cap.
+        assert!(pauses[0] >= Duration::from_millis(50));
+        assert!(pauses.windows(2).all(|w| w[1] > w[0]), "{pauses:?}");
+        assert!(pauses.iter().all(|d| *d < Duration::from_secs(4)));
     }
 
     #[test]

@@ -94,10 +94,9 @@ pub enum IngestError {
 
 impl IngestError {
     /// Whether reconnecting and resuming from the last commit may succeed: the connection
-    /// broke or could not be made, the server is shutting down or restarting (SQLSTATE
-    /// classes 08 and 57, or too many connections), the slot is still held by our previous,
-    /// dying session (55006),
-    /// or the lakehouse reported a transient failure.
+    /// broke or could not be made, the server is shutting down or restarting, the slot is
+    /// still held by our previous, dying session (see `transient_sqlstate`), or the
+    /// lakehouse reported a transient failure.
     pub fn is_retryable(&self) -> bool {
         match self {
             IngestError::Io(_) | IngestError::Unreachable { .. } => true,
@@ -114,10 +113,16 @@ impl IngestError {
     }
 }
 
-/// SQLSTATEs after which the same request may succeed on a new connection.
+/// SQLSTATEs after which the same request may succeed on a new connection: connection
+/// failures (08000, 08001, 08003, 08006), the server shutting down, crashing or starting up
+/// (57P01, 57P02, 57P03), too many connections (53300), and the slot still held by a session
+/// that is going away (55006). Not statement timeouts or cancels, protocol violations or a
+/// dropped database: those repeat.
 fn transient_sqlstate(code: &str) -> bool {
-    // 53300: too many connections, 55006: object in use (the slot, by a dying session).
-    code.starts_with("08") || code.starts_with("57") || code == "53300" || code == "55006"
+    matches!(
+        code,
+        "08000" | "08001" | "08003" | "08006" | "57P01" | "57P02" | "57P03" | "53300" | "55006"
+    )
 }
 
 /// Result alias of this crate.

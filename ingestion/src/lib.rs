@@ -13,6 +13,7 @@ pub mod pgoutput;
 pub mod pipeline;
 pub mod progress;
 pub mod replication;
+pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod value;

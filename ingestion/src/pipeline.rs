@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lakehouse::{ChangeSink, TableProgress, crash};
@@ -138,7 +138,7 @@ impl<S: ChangeSink> Ingester<S> {
         let mut ever_ran = false;
         let mut result = loop {
             self.metrics.set_phase(IngestPhase::Starting);
-            let started = Instant::now();
+            let commits_before = self.metrics.commits.load(Ordering::Relaxed);
             let result = self.run_inner(shutdown.clone()).await;
             ever_ran |= matches!(
                 self.metrics.phase(),
@@ -148,19 +148,21 @@ impl<S: ChangeSink> Ingester<S> {
                 Err(e) if ever_ran && e.is_retryable() && !*shutdown.borrow() => e,
                 other => break other,
             };
-            if started.elapsed() > Duration::from_secs(300) {
-                // It ran a good while: this is a new outage, with a fresh budget.
+            if self.metrics.commits.load(Ordering::Relaxed) > commits_before {
+                // It made progress: this is a new outage, with a fresh budget.
                 retry = lakehouse::Retry::reconnect();
             }
             let Some(pause) = retry.next_pause() else {
                 tracing::error!(error = %e, retries = retry.retries(), "the source stayed unreachable; giving up");
                 break Err(e);
             };
+            self.metrics.set_phase(IngestPhase::Starting);
             self.metrics.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, ?pause, "lost the source; reconnecting and resuming from the last commit");
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = shutdown.changed() => {}
+                // A dropped sender disables this branch: the pause is still taken.
+                Ok(()) = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
                 break Err(e);
@@ -303,7 +305,15 @@ impl<S: ChangeSink> Ingester<S> {
         missing: &[usize],
     ) -> Result<Lsn> {
         let mut exporter = ReplicationConnection::connect(info).await?;
-        let temp = format!("{}_copy_{}", self.cfg.slot, std::process::id());
+        // Unique per attempt: after a reconnect the previous attempt's temporary slot may
+        // still exist until its session ends.
+        static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+        let temp = format!(
+            "{}_copy_{}_{}",
+            self.cfg.slot,
+            std::process::id(),
+            ATTEMPT.fetch_add(1, Ordering::Relaxed)
+        );
         let slot = exporter.create_slot(&temp, true, true).await?;
         let snapshot = slot
             .snapshot
@@ -747,7 +757,14 @@ where
     loop {
         tokio::select! {
             out = &mut work => return Ok(out?),
-            _ = tick.tick() => stream.send_status(at, at, false).await?,
+            _ = tick.tick() => {
+                if let Err(e) = stream.send_status(at, at, false).await {
+                    // The work (a commit, maybe mid pointer swap) is never abandoned: its
+                    // outcome must be known before anything starts over.
+                    work.await?;
+                    return Err(e);
+                }
+            }
         }
     }
 }
@@ -795,7 +812,8 @@ fn acked(confirmed: Lsn, states: &[TableState]) -> Lsn {
         .fold(confirmed, Lsn::min)
 }
 
-async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Client> {
+/// A regular (non-replication) session with the settings our value parsing expects.
+pub(crate) async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Client> {
     let mut cfg: tokio_postgres::Config = info
         .url
         .parse()

@@ -83,6 +83,8 @@ impl IngestMetrics {
     /// Records that `table`'s capture stopped, and why.
     pub fn record_stopped(&self, table: &str, reason: &str) {
         if let Ok(mut s) = self.stopped.lock() {
+            // A run that starts over (reconnect) records its stopped tables again.
+            s.retain(|(t, _)| t != table);
             s.push((table.to_string(), reason.to_string()));
         }
     }

@@ -273,13 +273,10 @@ impl ReplicationConnection {
                 "NOEXPORT_SNAPSHOT"
             }
         );
-        let rows = self.simple_query(&sql).await.map_err(|e| match e {
-            IngestError::Server { message, .. } => IngestError::Slot {
-                slot: slot.to_string(),
-                message,
-            },
-            other => other,
-        })?;
+        let rows = self
+            .simple_query(&sql)
+            .await
+            .map_err(|e| slot_error(slot, e))?;
         let row = rows.first().ok_or_else(|| {
             IngestError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
         })?;
@@ -315,14 +312,7 @@ impl ReplicationConnection {
             match self.read_frame().await? {
                 Frame::CopyBothResponse => break,
                 Frame::Other(backend::Message::ErrorResponse(body)) => {
-                    let e = server_error(body, false);
-                    return Err(match e {
-                        IngestError::Server { message, .. } => IngestError::Slot {
-                            slot: slot.to_string(),
-                            message,
-                        },
-                        other => other,
-                    });
+                    return Err(slot_error(slot, server_error(body, false)));
                 }
                 _ => {}
             }
@@ -471,6 +461,18 @@ impl ReplicationStream {
         msg.put_u8(reply as u8);
         frontend::CopyData::new(msg.freeze())?.write(&mut self.conn.wbuf);
         self.conn.flush().await
+    }
+}
+
+/// A server error about `slot`, named as such; one that may clear by itself (the slot still
+/// held by a session that is going away, 55006) stays a retryable server error.
+fn slot_error(slot: &str, e: IngestError) -> IngestError {
+    match e {
+        IngestError::Server { code, message } if code != "55006" => IngestError::Slot {
+            slot: slot.to_string(),
+            message: format!("{message} [{code}]"),
+        },
+        other => other,
     }
 }
 

@@ -359,6 +359,26 @@ impl SourceTable {
             columns,
             pk,
         );
+        // The stream names the columns its old-row images carry (as of the position being
+        // decoded, which the catalog may have left behind): they must be our key, or deletes
+        // and key changes could not find their rows.
+        if next.has_pk && matches!(rel.replica_identity, b'd' | b'i') {
+            let sent: std::collections::BTreeSet<&str> = rel
+                .columns
+                .iter()
+                .filter(|c| c.is_key)
+                .map(|c| c.name.as_str())
+                .collect();
+            let ours: std::collections::BTreeSet<&str> =
+                next.key.iter().map(String::as_str).collect();
+            if sent != ours {
+                return Err(changed(format!(
+                    "the change stream identifies rows by ({}) but the table's row identity is ({})",
+                    sent.into_iter().collect::<Vec<_>>().join(", "),
+                    next.key.join(", ")
+                )));
+            }
+        }
         if next.has_pk != self.has_pk || (self.has_pk && key_ids(&next) != key_ids(self)) {
             return Err(changed(format!(
                 "row identity (replica identity index, else primary key) changed from ({}) to ({})",

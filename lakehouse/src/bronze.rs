@@ -192,6 +192,8 @@ impl BronzeSink {
         };
         crate::crash::point("bronze.before_catalog_commit");
         let mut retry = catalog::Retry::commit_race();
+        let mut io_retry = catalog::Retry::transient_io();
+        let planned = read_progress(&t.table)?.source_lsn;
         let table = loop {
             let delta = RowDelta {
                 data_files: files.clone(),
@@ -205,10 +207,15 @@ impl BronzeSink {
                 .await
             {
                 Ok(table) => break table,
-                Err(e) if e.is_retryable() && retry.pause().await => {
+                // Lost a race: long patience. Another transient failure: a few tries.
+                Err(e) if e.is_conflict() && retry.pause().await => {
                     // Appends never conflict with a rewrite: retry on the new base.
                     tracing::debug!(table = %t.ident, retries = retry.retries(), error = %e, "bronze commit lost a race; retrying");
-                    t.table = reload_behind(catalog.as_ref(), &t.ident, lsn).await?;
+                    t.table = reload_behind(catalog.as_ref(), &t.ident, lsn, planned).await?;
+                }
+                Err(e) if !e.is_conflict() && e.is_retryable() && io_retry.pause().await => {
+                    tracing::warn!(table = %t.ident, retries = io_retry.retries(), error = %e, "bronze commit failed; retrying");
+                    t.table = reload_behind(catalog.as_ref(), &t.ident, lsn, planned).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -342,23 +349,29 @@ impl BronzeSink {
     }
 }
 
-/// Reloads a table whose commit lost a race, failing if the winner already committed source
-/// position `lsn` or later: only a second ingester would, and both must not write.
+/// Reloads a table whose commit (of source position `lsn`) lost a race, failing unless the
+/// table still records `planned`, the position the batch was planned on. The writers we race
+/// (maintenance, property changes, expiry) never move it; one that did is a second ingester,
+/// or an earlier attempt of ours whose outcome was in doubt and that landed after all, and
+/// committing on top of either would write these changes twice.
 pub(crate) async fn reload_behind(
     catalog: &dyn Catalog,
     ident: &TableIdent,
     lsn: u64,
+    planned: Option<u64>,
 ) -> Result<Table> {
     let table = catalog
         .load_table(ident)
         .await
         .map_err(LakehouseError::iceberg(ident))?;
-    if let Some(theirs) = read_progress(&table)?.source_lsn
-        && theirs >= lsn
-    {
-        return Err(LakehouseError::Corrupt(format!(
-            "{ident}: another writer committed source position {theirs} (we were committing {lsn}); is a second ingester running?"
-        )));
+    let theirs = read_progress(&table)?.source_lsn;
+    if theirs != planned {
+        return Err(LakehouseError::PositionMoved {
+            table: ident.to_string(),
+            planned,
+            found: theirs,
+            committing: lsn,
+        });
     }
     Ok(table)
 }

@@ -31,6 +31,21 @@ pub enum LakehouseError {
         /// The stored text.
         value: String,
     },
+    /// While a commit retried, the table's source position moved: another ingester, or an
+    /// in-doubt commit of ours that landed after all. Nothing more is committed on top.
+    #[error(
+        "table {table}: its source position moved from {planned:?} to {found:?} while committing {committing}; is a second ingester running?"
+    )]
+    PositionMoved {
+        /// The lakehouse table.
+        table: String,
+        /// The position the batch was planned on.
+        planned: Option<u64>,
+        /// The position found after reloading.
+        found: Option<u64>,
+        /// The position being committed.
+        committing: u64,
+    },
     /// Every name a source table may take is held by other source tables.
     #[error(
         "source table {source_table}: every name it may take ({names}) is held by another source table"
@@ -78,6 +93,12 @@ pub enum LakehouseError {
 }
 
 impl LakehouseError {
+    /// Whether a commit lost the compare-and-swap to another writer (and may be retried on
+    /// the new state for as long as [`catalog::Retry::commit_race`] allows).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, LakehouseError::Catalog(e) if e.is_conflict())
+    }
+
     /// Whether retrying the same operation may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

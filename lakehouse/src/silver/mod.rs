@@ -366,6 +366,8 @@ impl SilverSink {
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?;
         let mut retry = catalog::Retry::commit_race();
+        let mut io_retry = catalog::Retry::transient_io();
+        let planned = crate::bronze::read_progress(&t.table)?.source_lsn;
         let rows_in = t.pending.iter().map(|b| b.num_rows()).sum::<usize>();
         'plan: loop {
             if t.index_stale {
@@ -442,7 +444,9 @@ impl SilverSink {
                         tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
                         return Ok(());
                     }
-                    Err(e) if e.is_retryable() && retry.pause().await => e,
+                    // Lost a race: long patience. Another transient failure: a few tries.
+                    Err(e) if e.is_conflict() && retry.pause().await => e,
+                    Err(e) if !e.is_conflict() && e.is_retryable() && io_retry.pause().await => e,
                     Err(e) => return Err(e.into()),
                 };
                 // Re-validate on the new table state. The index (and so the plan) describes
@@ -454,7 +458,8 @@ impl SilverSink {
                     // Still the base the plan was made on: read its files once per plan.
                     base_files = Some(live_data_paths(&t.table).await?);
                 }
-                t.table = crate::bronze::reload_behind(catalog.as_ref(), &t.ident, lsn).await?;
+                t.table =
+                    crate::bronze::reload_behind(catalog.as_ref(), &t.ident, lsn, planned).await?;
                 let after = live_data_paths(&t.table).await?;
                 if base_files.as_ref() == Some(&after) {
                     tracing::debug!(table = %t.ident, attempt, error = %err, "silver commit lost a race; retrying on the new base");
