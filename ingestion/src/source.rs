@@ -213,7 +213,9 @@ pub async fn discover(client: &Client, publication: &str) -> Result<Vec<SourceTa
 /// The columns that identify a row of table `oid` in old-row images, as (attnum, name) in
 /// key order: those of its `REPLICA IDENTITY USING INDEX` index (unique, not null, and
 /// what PostgreSQL sends when a row is updated or deleted, whether or not a primary key
-/// exists), else those of its primary key; none means every column (`FULL`).
+/// exists), else those of its primary key unless deferrable (a deferrable key may repeat
+/// inside a statement, so the change stream cannot be replayed by it); none means every
+/// column (`FULL`).
 async fn row_identity(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
     Ok(client
         .query(
@@ -225,7 +227,7 @@ async fn row_identity(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
                AND CASE WHEN c.relreplident = 'i'
                              AND EXISTS (SELECT 1 FROM pg_index x
                                          WHERE x.indrelid = c.oid AND x.indisreplident)
-                        THEN i.indisreplident ELSE i.indisprimary END
+                        THEN i.indisreplident ELSE i.indisprimary AND i.indimmediate END
              ORDER BY array_position(i.indkey::int2[], a.attnum)",
             &[&(oid as i64)],
         )

@@ -27,6 +27,10 @@ ALTER TABLE keyless REPLICA IDENTITY FULL;
 ALTER TABLE by_index ALTER COLUMN big SET STORAGE EXTERNAL;
 ALTER TABLE by_index_nopk ALTER COLUMN big SET STORAGE EXTERNAL;
 ALTER TABLE keyless ALTER COLUMN big SET STORAGE EXTERNAL;
+-- A deferrable key may repeat within a statement: rows are matched by all their values.
+CREATE TABLE swapped (id int PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE, v text);
+ALTER TABLE swapped REPLICA IDENTITY FULL;
+INSERT INTO swapped SELECT g, 'v' || g FROM generate_series(1, 10) g;
 CREATE PUBLICATION p FOR ALL TABLES;
 ";
 
@@ -127,8 +131,13 @@ async fn change(client: &Client, rng: &mut StdRng, next: &mut i32) {
         // Keyless: one of equal rows changes (big unchanged and TOASTed), or goes.
         7 | 8 => format!("UPDATE keyless SET a = a + 1000 WHERE {one_keyless}"),
         9 => format!("DELETE FROM keyless WHERE {one_keyless}"),
-        // An update that changes nothing, and one that rewrites the big value.
-        10 => format!("UPDATE keyless SET a = a WHERE {one_keyless}"),
+        // An update that changes nothing; keys swapped within one statement.
+        10 => format!(
+            "UPDATE keyless SET a = a WHERE {one_keyless};
+             UPDATE swapped SET id = 11 - id, v = v || 's' WHERE id IN ({k}, {l})",
+            k = pick % 10 + 1,
+            l = 10 - pick % 10
+        ),
         _ => format!(
             "UPDATE keyless SET big = {BIG} WHERE {one_keyless};
              UPDATE by_index SET big = {BIG}, code = code || 'y' WHERE id = {pick}"
