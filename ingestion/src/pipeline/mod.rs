@@ -427,12 +427,7 @@ impl<S: ChangeSink> Ingester<S> {
                 pending_end = None;
                 confirmed = confirmed.max(end);
                 crash::point("stream.before_status");
-                stream
-                    .send_status(acked(confirmed, states), acked(confirmed, states), false)
-                    .await?;
-                self.metrics
-                    .confirmed_lsn
-                    .store(acked(confirmed, states).0, Ordering::Relaxed);
+                confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
                 last_status = Instant::now();
                 crash::point("stream.after_status");
             }
@@ -441,12 +436,7 @@ impl<S: ChangeSink> Ingester<S> {
                 && (stopping
                     || (self.cfg.exit_when_caught_up && confirmed.max(server_end) >= target))
             {
-                stream
-                    .send_status(acked(confirmed, states), acked(confirmed, states), false)
-                    .await?;
-                self.metrics
-                    .confirmed_lsn
-                    .store(acked(confirmed, states).0, Ordering::Relaxed);
+                confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
                 report.confirmed = acked(confirmed, states);
                 report.changes = self.metrics.changes.load(Ordering::Relaxed);
                 report.skipped = self.metrics.skipped.load(Ordering::Relaxed);
@@ -454,9 +444,7 @@ impl<S: ChangeSink> Ingester<S> {
                 return Ok(report);
             }
             if last_status.elapsed() >= status_every {
-                stream
-                    .send_status(acked(confirmed, states), acked(confirmed, states), false)
-                    .await?;
+                confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
                 last_status = Instant::now();
             }
 
@@ -479,12 +467,7 @@ impl<S: ChangeSink> Ingester<S> {
                         confirmed = confirmed.max(wal_end);
                     }
                     if reply || idle {
-                        stream
-                            .send_status(acked(confirmed, states), acked(confirmed, states), false)
-                            .await?;
-                        self.metrics
-                            .confirmed_lsn
-                            .store(acked(confirmed, states).0, Ordering::Relaxed);
+                        confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
                         last_status = Instant::now();
                     }
                     crash::point("stream.keepalive");
@@ -598,6 +581,14 @@ impl<S: ChangeSink> Ingester<S> {
         self.metrics.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Tells the server everything before `at` is durable (nothing it still needs is released
+/// by this), and shows the position in the metrics.
+async fn confirm(stream: &mut ReplicationStream, metrics: &IngestMetrics, at: Lsn) -> Result<()> {
+    stream.send_status(at, at, false).await?;
+    metrics.confirmed_lsn.store(at.0, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Runs `work` (a commit, a flush: anything that may outlast the server's
