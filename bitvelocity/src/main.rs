@@ -87,6 +87,17 @@ enum Command {
         /// Hand rows to the Iceberg writers in Arrow batches of this many rows.
         #[arg(long, default_value_t = 32 * 1024)]
         flush_rows: usize,
+        /// Memory the ingester's buffers may hold (e.g. 1GiB, 512MiB): the initial copy
+        /// commits in pieces and silver spills large transactions to keep within it.
+        #[arg(long, default_value = "1GiB")]
+        memory_limit: lakehouse::MemoryBudget,
+        /// Bytes of rows per committed piece of the initial copy (default: from --memory-limit).
+        #[arg(long, hide = true)]
+        copy_piece_bytes: Option<usize>,
+        /// Bytes of pending rows silver keeps in memory per table before spilling (default:
+        /// from --memory-limit).
+        #[arg(long, hide = true)]
+        silver_spill_bytes: Option<usize>,
         /// Maintain a table (compaction, expiry, orphans) after this many commits that changed it; 0 = never.
         #[arg(long, default_value_t = 50)]
         maintain_every: u32,
@@ -284,9 +295,18 @@ async fn main() {
             batch_interval_ms,
             http,
             flush_rows,
+            mut memory_limit,
+            copy_piece_bytes,
+            silver_spill_bytes,
             maintain_every,
             maintenance,
         } => {
+            if let Some(b) = copy_piece_bytes {
+                memory_limit = memory_limit.with_copy_piece_bytes(b);
+            }
+            if let Some(b) = silver_spill_bytes {
+                memory_limit = memory_limit.with_silver_pending_bytes(b);
+            }
             init_tracing("info");
             let mut cfg = ingestion::IngestConfig::new(pg, publication);
             if let Some(s) = slot {
@@ -296,11 +316,12 @@ async fn main() {
             cfg.batch_rows = batch_rows;
             cfg.batch_interval = Duration::from_millis(batch_interval_ms);
             cfg.flush_rows = flush_rows.max(1);
+            cfg.copy_piece_bytes = memory_limit.copy_piece_bytes();
             let auto = (maintain_every > 0).then(|| lakehouse::medallion::AutoMaintenance {
                 every_commits: maintain_every,
                 options: maintenance.options(),
             });
-            ingest(cfg, warehouse, http, auto).await
+            ingest(cfg, warehouse, http, auto, memory_limit).await
         }
         Command::Maintain {
             warehouse,
@@ -408,6 +429,7 @@ async fn ingest(
     warehouse: WarehouseArgs,
     http: Option<std::net::SocketAddr>,
     auto: Option<lakehouse::medallion::AutoMaintenance>,
+    memory: lakehouse::MemoryBudget,
 ) -> Result<()> {
     let wh = warehouse.open()?;
     let catalog = wh.open_catalog().await.context("opening the catalog")?;
@@ -427,7 +449,8 @@ async fn ingest(
         .await?;
     let mut sink = lakehouse::MedallionSink::new(catalog, commits)
         .await?
-        .with_leases(wh.catalog_url().leases().await?);
+        .with_leases(wh.catalog_url().leases().await?)
+        .with_memory(memory);
     if let Some(auto) = auto {
         sink = sink.with_auto_maintenance(auto);
     }

@@ -22,6 +22,8 @@ const CRASHES: &[(&str, u32)] = &[
     ("snapshot.after_slot_created", 1),
     ("snapshot.before_copy", 2),
     ("snapshot.mid_copy", 3),
+    ("snapshot.after_piece", 2),
+    ("medallion.between_copy_pieces", 3),
     ("bronze.before_catalog_commit", 1),
     ("bronze.after_catalog_commit", 1),
     ("snapshot.before_commit", 1),
@@ -85,6 +87,11 @@ fn ingest_cmd_batching(
         "50",
         "--flush-rows",
         "16",
+        // Tiny pieces and spills: every run commits the copy in pieces and spills silver.
+        "--copy-piece-bytes",
+        "4096",
+        "--silver-spill-bytes",
+        "8192",
     ])
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())

@@ -19,11 +19,16 @@ pub struct CopyStamp {
     pub commit_ts: i64,
     /// Rows per Arrow batch handed to the sink.
     pub flush_rows: usize,
+    /// Commit a piece of the copy ([`ChangeSink::commit_copy_piece`]) after handing the
+    /// sink this many bytes of rows.
+    pub piece_bytes: usize,
 }
 
 /// Copies `table` inside the caller's snapshot transaction into `sink` (not committed).
 ///
-/// Rows are recorded as inserts stamped by `stamp` with a null `_txid`; returns the row count.
+/// Rows are recorded as inserts stamped by `stamp` with a null `_txid`, committed in pieces
+/// of about `stamp.piece_bytes` (the final commit, which gives the table its position, is the
+/// caller's); returns the row count.
 pub async fn copy_table<S: ChangeSink + ?Sized>(
     client: &Client,
     table: &SourceTable,
@@ -36,7 +41,11 @@ pub async fn copy_table<S: ChangeSink + ?Sized>(
         lsn,
         commit_ts,
         flush_rows,
+        piece_bytes,
     } = stamp;
+    // The position the copy is taken at: its rows are stamped just below it.
+    let point = (lsn + 1) as u64;
+    let mut handed: usize = 0;
     let sql = format!(
         "COPY (SELECT {} FROM {}.{}) TO STDOUT",
         table.select_list(),
@@ -70,8 +79,16 @@ pub async fn copy_table<S: ChangeSink + ?Sized>(
             push_line(&data[..p], buf, &mut scratch, lsn, commit_ts, &mut rows)?;
             data = &data[p + 1..];
             if buf.len() >= flush_rows {
-                sink.write(idx, buf.finish()?).await?;
+                let batch = buf.finish()?;
+                handed += batch.get_array_memory_size();
+                sink.write(idx, batch).await?;
                 crash::point("snapshot.mid_copy");
+                if handed >= piece_bytes {
+                    sink.commit_copy_piece(idx, point).await?;
+                    crash::point("snapshot.after_piece");
+                    tracing::info!(table = %table.qualified(), rows, "copy piece committed");
+                    handed = 0;
+                }
             }
         }
         carry.extend_from_slice(data);

@@ -20,7 +20,7 @@ use crate::schema::{
     COMMIT_TS_COLUMN, Evolution, SOURCE_IDS_PROPERTY, evolve_schema, parse_source_ids,
     source_ids_of,
 };
-use crate::sink::{ChangeSink, SOURCE_LSN_PROPERTY, TableProgress};
+use crate::sink::{ChangeSink, CommitAt, SOURCE_LSN_PROPERTY, TableProgress, interrupted_copy};
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
 /// Namespace of the change-log tables.
@@ -44,6 +44,9 @@ struct BronzeTable {
     /// Highest field id ever assigned, counting uncommitted evolutions.
     last_column_id: i32,
     rows: u64,
+    /// The table's newest commit is a piece of a copy that never finished: the next commit
+    /// (the first of a fresh copy) replaces every file.
+    restart: bool,
 }
 
 impl BronzeTable {
@@ -167,7 +170,8 @@ impl BronzeSink {
         )?))
     }
 
-    async fn commit_table(&mut self, idx: usize, lsn: u64) -> Result<()> {
+    async fn commit_table(&mut self, idx: usize, at: CommitAt) -> Result<()> {
+        let lsn = at.lsn();
         let catalog = self.catalog.clone();
         let commits = self.commits.clone();
         let t = &mut self.tables[idx];
@@ -177,7 +181,7 @@ impl BronzeSink {
         }
         crate::crash::point("bronze.after_files_closed");
         let properties = HashMap::from([
-            (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
+            at.property(),
             ("bitvelocity.rows".to_string(), t.rows.to_string()),
         ]);
         let (schema, table_properties) = match &t.evolution {
@@ -200,6 +204,7 @@ impl BronzeSink {
                 properties: properties.clone(),
                 schema: schema.clone(),
                 table_properties: table_properties.clone(),
+                remove_all: t.restart,
                 ..RowDelta::default()
             };
             match commits
@@ -227,6 +232,7 @@ impl BronzeSink {
         tracing::debug!(table = %t.ident, rows = t.rows, lsn, "bronze commit");
         t.table = table;
         t.rows = 0;
+        t.restart = false;
         Ok(())
     }
 
@@ -416,6 +422,10 @@ impl ChangeSink for BronzeSink {
             )
             .map_err(LakehouseError::iceberg(&ident))?;
             let last_column_id = meta.last_column_id();
+            let restart = interrupted_copy(&table);
+            if restart {
+                tracing::warn!(table = %ident, "an earlier initial copy did not finish; copying the table again");
+            }
             self.tables.push(BronzeTable {
                 ident,
                 table,
@@ -425,6 +435,7 @@ impl ChangeSink for BronzeSink {
                 evolution: None,
                 last_column_id,
                 rows: 0,
+                restart,
             });
             out.push(progress);
         }
@@ -469,11 +480,22 @@ impl ChangeSink for BronzeSink {
         self.discard(table).await
     }
 
+    async fn commit_copy_piece(&mut self, table: usize, point: u64) -> Result<()> {
+        let t = self
+            .tables
+            .get(table)
+            .ok_or(LakehouseError::UnknownTable(table))?;
+        if t.writer.is_some() || !t.closed.is_empty() {
+            self.commit_table(table, CommitAt::CopyPiece(point)).await?;
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
         for idx in 0..self.tables.len() {
             let t = &self.tables[idx];
             if t.writer.is_some() || !t.closed.is_empty() || mark.contains(&idx) {
-                self.commit_table(idx, lsn).await?;
+                self.commit_table(idx, CommitAt::Source(lsn)).await?;
                 crate::crash::point("bronze.between_tables");
             }
         }

@@ -74,6 +74,9 @@ pub enum LakehouseError {
     /// A stored file or index does not say what the table's metadata promises.
     #[error("corrupt table data: {0}")]
     Corrupt(String),
+    /// Silver's scratch file for a transaction larger than its memory budget failed.
+    #[error("silver's scratch file for pending rows: {0}")]
+    Spill(String),
     /// A silver table is ahead of the bronze change log it is rebuilt from.
     #[error("table {table}: silver is at source position {silver}, ahead of bronze at {bronze}")]
     SilverAhead {

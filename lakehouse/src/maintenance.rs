@@ -25,7 +25,7 @@ use iceberg::table::Table;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 
 use crate::files::{live_files, read_position_deletes, read_projected};
-use crate::sink::SOURCE_LSN_PROPERTY;
+use crate::sink::{COPY_PIECE_PROPERTY, SOURCE_LSN_PROPERTY};
 use crate::{LakehouseError, Result};
 
 /// Snapshot-summary key naming the maintenance task that wrote a snapshot.
@@ -277,13 +277,14 @@ pub async fn compact(
     for attempt in 0..=MAX_REBASES {
         let mut properties =
             HashMap::from([(MAINTENANCE_PROPERTY.to_string(), "compaction".to_string())]);
-        // The source position stays what the replaced snapshot says: compaction changes no row.
-        if let Some(lsn) = current
-            .metadata()
-            .current_snapshot()
-            .and_then(|s| s.summary().additional_properties.get(SOURCE_LSN_PROPERTY))
-        {
-            properties.insert(SOURCE_LSN_PROPERTY.to_string(), lsn.clone());
+        // The source position (or the unfinished copy) stays what the replaced snapshot
+        // says: compaction changes no row.
+        if let Some(summary) = current.metadata().current_snapshot().map(|s| s.summary()) {
+            for key in [SOURCE_LSN_PROPERTY, COPY_PIECE_PROPERTY] {
+                if let Some(v) = summary.additional_properties.get(key) {
+                    properties.insert(key.to_string(), v.clone());
+                }
+            }
         }
         let delta = RowDelta {
             data_files: new_files.clone(),

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -21,11 +21,8 @@ use futures::StreamExt;
 use crate::bronze::BRONZE_NAMESPACE;
 use crate::maintenance::{MaintenanceOptions, maintain_table};
 use crate::schema::{LSN_COLUMN, SEQ_COLUMN};
-use crate::sink::{ChangeSink, TableProgress};
+use crate::sink::{ChangeSink, CommitAt, TableProgress};
 use crate::{BronzeSink, ChangeLogSchema, LakehouseError, Result, SilverSink};
-
-/// Rows replayed from bronze into silver between two silver commits during a catch-up.
-const CATCH_UP_COMMIT_ROWS: usize = 500_000;
 
 /// The medallion sink: the bronze change log and the silver current state, in step.
 pub struct MedallionSink {
@@ -46,6 +43,7 @@ pub struct MedallionSink {
     /// Per table: its capture stopped (an incompatible schema change); left out of the
     /// consistent position and of maintenance.
     stopped: Vec<bool>,
+    memory: crate::MemoryBudget,
 }
 
 /// Silver namespace property: the silver tables whose capture stopped (comma separated);
@@ -91,7 +89,15 @@ impl MedallionSink {
             since_maintenance: Vec::new(),
             positioned: Vec::new(),
             stopped: Vec::new(),
+            memory: crate::MemoryBudget::default(),
         })
+    }
+
+    /// Keeps the sink's buffers within `memory` (catch-up pieces, silver's spilling).
+    pub fn with_memory(mut self, memory: crate::MemoryBudget) -> Self {
+        self.memory = memory;
+        self.silver.set_memory(memory);
+        self
     }
 
     /// Runs maintenance on a table's bronze and silver tables every so many commits.
@@ -165,7 +171,9 @@ impl MedallionSink {
     async fn catch_up(&mut self, idx: usize, from: Option<u64>, to: u64) -> Result<()> {
         let name = self.names[idx].clone();
         tracing::info!(table = %name, from = ?from, to, "silver catching up from bronze");
-        let ctx = crate::query::session(self.catalog.clone()).await?;
+        let ctx =
+            crate::query::session_within(self.catalog.clone(), self.memory.query_bytes()).await?;
+        let limit = self.memory.silver_pending_bytes();
         let sql = format!(
             "SELECT * FROM {}.{BRONZE_NAMESPACE}.\"{}\" WHERE {LSN_COLUMN} >= {} ORDER BY {LSN_COLUMN}, {SEQ_COLUMN}",
             catalog::CATALOG_NAME,
@@ -176,12 +184,39 @@ impl MedallionSink {
         let mut pending = 0usize;
         let mut last_lsn: Option<i64> = None;
         let mut replayed = 0u64;
+        // Rebuilding from the whole log: its first rows are the initial copy (one position,
+        // no transaction id), replayed in positionless pieces so memory stays bounded.
+        let mut copy: Option<Option<i64>> = from.is_none().then_some(None);
         while let Some(batch) = stream.next().await {
             let mut batch = batch?;
+            if let Some(copy_lsn) = copy.as_mut() {
+                let n = copy_prefix(&batch, copy_lsn)?;
+                if n > 0 {
+                    replayed += n as u64;
+                    pending += share_of(&batch, n);
+                    self.write_silver(idx, batch.slice(0, n), &mut last_lsn)
+                        .await?;
+                }
+                if n < batch.num_rows() {
+                    copy = None;
+                    batch = batch.slice(n, batch.num_rows() - n);
+                } else {
+                    if pending >= limit
+                        && let Some(l) = *copy_lsn
+                    {
+                        self.silver
+                            .commit_table(idx, CommitAt::CopyPiece(l as u64 + 1))
+                            .await?;
+                        crate::crash::point("medallion.catch_up_piece");
+                        pending = 0;
+                    }
+                    continue;
+                }
+            }
             while batch.num_rows() > 0 {
                 // Commit only where the source position changes, so no source transaction
                 // (nor the initial copy, which shares one position) is split across snapshots.
-                let cut = if pending >= CATCH_UP_COMMIT_ROWS {
+                let cut = if pending >= limit {
                     first_row_after(&batch, last_lsn)?
                 } else {
                     None
@@ -194,13 +229,15 @@ impl MedallionSink {
                                 .await?;
                         }
                         let position = last_lsn.map(|l| l + 1).unwrap_or(0) as u64;
-                        self.silver.commit_table(idx, position).await?;
+                        self.silver
+                            .commit_table(idx, CommitAt::Source(position))
+                            .await?;
                         crate::crash::point("medallion.catch_up_commit");
                         pending = 0;
                         batch = batch.slice(at, batch.num_rows() - at);
                     }
                     None => {
-                        pending += batch.num_rows();
+                        pending += share_of(&batch, batch.num_rows());
                         replayed += batch.num_rows() as u64;
                         self.write_silver(idx, batch, &mut last_lsn).await?;
                         break;
@@ -208,7 +245,7 @@ impl MedallionSink {
                 }
             }
         }
-        self.silver.commit_table(idx, to).await?;
+        self.silver.commit_table(idx, CommitAt::Source(to)).await?;
         tracing::info!(table = %name, rows = replayed, at = to, "silver caught up");
         Ok(())
     }
@@ -262,6 +299,29 @@ fn lsn_column(batch: &RecordBatch) -> Result<&[i64]> {
         .column_by_name(LSN_COLUMN)
         .ok_or_else(|| LakehouseError::Corrupt(format!("bronze batch without {LSN_COLUMN}")))?;
     Ok(col.as_primitive::<Int64Type>().values())
+}
+
+/// The memory of `rows` rows of `batch` (its share of the batch's buffers).
+fn share_of(batch: &RecordBatch, rows: usize) -> usize {
+    batch.get_array_memory_size() * rows / batch.num_rows().max(1)
+}
+
+/// How many leading rows of `batch` belong to the initial copy: no transaction id, and the
+/// copy's position (`copy_lsn`, taken from the first such row).
+fn copy_prefix(batch: &RecordBatch, copy_lsn: &mut Option<i64>) -> Result<usize> {
+    let lsn = lsn_column(batch)?;
+    let txid = batch
+        .column_by_name(crate::schema::TXID_COLUMN)
+        .ok_or_else(|| LakehouseError::SchemaMismatch {
+            table: "bronze".into(),
+            message: format!("change batch without {}", crate::schema::TXID_COLUMN),
+        })?;
+    let mut n = 0;
+    while n < batch.num_rows() && txid.is_null(n) && copy_lsn.is_none_or(|c| c == lsn[n]) {
+        *copy_lsn = Some(lsn[n]);
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The first row whose source position differs from `last` (None when all share it).
@@ -343,6 +403,12 @@ impl ChangeSink for MedallionSink {
             *s = true;
         }
         self.publish_stopped().await
+    }
+
+    async fn commit_copy_piece(&mut self, table: usize, point: u64) -> Result<()> {
+        self.bronze.commit_copy_piece(table, point).await?;
+        crate::crash::point("medallion.between_copy_pieces");
+        self.silver.commit_copy_piece(table, point).await
     }
 
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {

@@ -30,7 +30,17 @@ use crate::{LakehouseError, Result};
 /// (also `bitvelocity.<namespace>.<table>`), as of the moment it was opened, plus the
 /// time-travel table function `as_of('<namespace>.<table>', <snapshot id> | '<timestamp>')`.
 pub async fn session(catalog: Arc<dyn Catalog>) -> Result<SessionContext> {
-    let (ctx, _) = open(catalog, false).await?;
+    let (ctx, _) = open(catalog, false, None).await?;
+    Ok(ctx)
+}
+
+/// Like [`session`], but queries hold at most `memory_bytes` and spill sorts and joins to
+/// the temporary directory beyond it (silver's catch-up sorts a whole change log).
+pub async fn session_within(
+    catalog: Arc<dyn Catalog>,
+    memory_bytes: usize,
+) -> Result<SessionContext> {
+    let (ctx, _) = open(catalog, false, Some(memory_bytes)).await?;
     Ok(ctx)
 }
 
@@ -38,7 +48,7 @@ pub async fn session(catalog: Arc<dyn Catalog>) -> Result<SessionContext> {
 /// silver namespace's [`CONSISTENT_LSN_PROPERTY`]), returned with it: a join across
 /// tables never sees part of a source transaction.
 pub async fn consistent_session(catalog: Arc<dyn Catalog>) -> Result<(SessionContext, u64)> {
-    let (ctx, lsn) = open(catalog, true).await?;
+    let (ctx, lsn) = open(catalog, true, None).await?;
     let lsn = lsn.ok_or_else(|| {
         LakehouseError::NoConsistentPosition(
             "the ingester has not yet committed every silver table at least once".to_string(),
@@ -50,11 +60,20 @@ pub async fn consistent_session(catalog: Arc<dyn Catalog>) -> Result<(SessionCon
 async fn open(
     catalog: Arc<dyn Catalog>,
     consistent: bool,
+    memory_bytes: Option<usize>,
 ) -> Result<(SessionContext, Option<u64>)> {
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG_NAME, SILVER_NAMESPACE)
         .with_information_schema(true);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = match memory_bytes {
+        None => SessionContext::new_with_config(config),
+        Some(bytes) => {
+            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_limit(bytes, 1.0)
+                .build_arc()?;
+            SessionContext::new_with_config_rt(config, runtime)
+        }
+    };
     // A consistent read takes the watermark (and the stopped tables) *before* loading any
     // table: every table loaded afterwards has committed at least up to it. Loading first
     // could pin a table at an older snapshot than the watermark it is then read at.

@@ -9,6 +9,47 @@ use crate::{ChangeLogSchema, Result};
 /// Snapshot-summary key holding the source commit LSN a table's current snapshot reflects.
 pub const SOURCE_LSN_PROPERTY: &str = "bitvelocity.source-lsn";
 
+/// Snapshot-summary key marking a piece of an unfinished initial copy (value: the source
+/// position the copy is taken at). Such a snapshot records no [`SOURCE_LSN_PROPERTY`]: the
+/// table has no position until the copy's final commit, and a table whose newest snapshot
+/// is a piece is copied afresh after a restart, its first commit replacing every file.
+pub const COPY_PIECE_PROPERTY: &str = "bitvelocity.copy-piece";
+
+/// Where a commit puts a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommitAt {
+    /// Complete up to this source position ([`SOURCE_LSN_PROPERTY`]).
+    Source(u64),
+    /// A piece of the initial copy taken at this position ([`COPY_PIECE_PROPERTY`]).
+    CopyPiece(u64),
+}
+
+impl CommitAt {
+    /// The snapshot-summary property this commit records.
+    pub(crate) fn property(self) -> (String, String) {
+        match self {
+            CommitAt::Source(l) => (SOURCE_LSN_PROPERTY.to_string(), l.to_string()),
+            CommitAt::CopyPiece(l) => (COPY_PIECE_PROPERTY.to_string(), l.to_string()),
+        }
+    }
+
+    /// The source position, or the copy's position for a piece (for logs and checks).
+    pub(crate) fn lsn(self) -> u64 {
+        match self {
+            CommitAt::Source(l) | CommitAt::CopyPiece(l) => l,
+        }
+    }
+}
+
+/// Whether `table`'s newest snapshot is a piece of an initial copy that never finished.
+pub fn interrupted_copy(table: &iceberg::table::Table) -> bool {
+    table.metadata().current_snapshot().is_some_and(|s| {
+        s.summary()
+            .additional_properties
+            .contains_key(COPY_PIECE_PROPERTY)
+    })
+}
+
 /// Where a sink's tables stand, as read back from their last commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TableProgress {
@@ -62,6 +103,19 @@ pub trait ChangeSink: Send {
     /// Commits every table with buffered rows, plus each table in `mark` even if it
     /// has no rows (so an empty initial copy is recorded), at source position `lsn`.
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()>;
+
+    /// Commits what table `table` buffered as a piece of its unfinished initial copy, taken
+    /// under the snapshot at source position `point`, so the copy's memory stays bounded.
+    ///
+    /// A piece is durable and readable but gives the table no position: it still reports
+    /// none until `commit(point, [table])` ends the copy. If the process stops before that,
+    /// the exported snapshot is gone with it, so the next run copies the table afresh and
+    /// that copy's first commit replaces every file the pieces added (no duplicates, no
+    /// gaps). Only the copy calls this, never between changes of the stream. A sink that
+    /// keeps buffering instead (the default) is correct, only unbounded.
+    async fn commit_copy_piece(&mut self, _table: usize, _point: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink that drops everything: measures capture and decoding alone (benchmarks).

@@ -99,6 +99,11 @@ impl<S: ChangeSink> Ingester<S> {
         }
         t.seq += 1;
         crash::point("stream.mid_txn");
+        if st.buf.len() >= self.cfg.flush_rows {
+            // Bounded memory: a long transaction reaches the sink in pieces too (the sink
+            // makes nothing visible before the commit, which still comes after its end).
+            self.sink.write(i, st.buf.finish()?).await?;
+        }
         self.metrics
             .changes
             .fetch_add(added as u64, Ordering::Relaxed);

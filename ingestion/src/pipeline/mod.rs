@@ -51,6 +51,9 @@ pub struct IngestConfig {
     pub batch_interval: Duration,
     /// Hand rows to the sink in Arrow batches of this many rows.
     pub flush_rows: usize,
+    /// The initial copy commits a piece after handing over this many bytes of rows (Arrow
+    /// memory), so its memory stays bounded whatever the table's size.
+    pub copy_piece_bytes: usize,
     /// Stop once everything committed before the start has been written.
     pub exit_when_caught_up: bool,
     /// Record, per source transaction, the time from its commit to its lakehouse commit.
@@ -73,6 +76,7 @@ impl IngestConfig {
             batch_rows: 200_000,
             batch_interval: Duration::from_secs(1),
             flush_rows: 32 * 1024,
+            copy_piece_bytes: lakehouse::MemoryBudget::default().copy_piece_bytes(),
             exit_when_caught_up: false,
             record_freshness: false,
         }
@@ -341,6 +345,7 @@ impl<S: ChangeSink> Ingester<S> {
                 lsn: copy_lsn,
                 commit_ts: now,
                 flush_rows: self.cfg.flush_rows,
+                piece_bytes: self.cfg.copy_piece_bytes,
             };
             let rows = crate::snapshot::copy_table(
                 client,

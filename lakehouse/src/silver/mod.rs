@@ -26,11 +26,13 @@ use crate::bronze::{KEY_COLUMNS_PROPERTY, SOURCE_TABLE_PROPERTY, read_progress};
 use crate::files::{conform, read_projected};
 use crate::pk_index::{Loc, PkIndex, key_converter, loc};
 use crate::schema::{META_COLUMNS, OP_COLUMN, UNCHANGED_COLUMN};
-use crate::sink::{ChangeSink, SOURCE_LSN_PROPERTY, TableProgress};
+use crate::sink::{ChangeSink, CommitAt, TableProgress, interrupted_copy};
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
+mod pending;
 mod plan;
-use plan::{apply_to_index, materialize, plan, write_data};
+use pending::Pending;
+use plan::{apply_to_index, plan, write_new_rows};
 
 /// Namespace of the current-state tables.
 pub const SILVER_NAMESPACE: &str = "silver";
@@ -61,8 +63,9 @@ struct SilverTable {
     names: HashMap<String, i32>,
     /// The index changed since its last checkpoint.
     dirty: bool,
-    /// Pending change rows: the silver columns (in `arrow`'s layout), then `_op` and `_unchanged_cols`.
-    pending: Vec<RecordBatch>,
+    /// Pending change rows: the silver columns (in `arrow`'s layout, conformed again as
+    /// spilled ones are read back), then `_op` and `_unchanged_cols`.
+    pending: Pending,
     /// The next commit first drops every file (the source table is being copied afresh).
     reset: bool,
 }
@@ -83,11 +86,9 @@ impl SilverTable {
             self.names.insert(f.name.clone(), f.id);
         }
         self.multi = key.len() == arrow.fields().len();
-        self.pending = self
-            .pending
-            .iter()
-            .map(|b| conform_input(&self.ident, b, &arrow))
-            .collect::<Result<_>>()?;
+        let ident = &self.ident;
+        self.pending
+            .map_memory(|b| conform_input(ident, b, &arrow))?;
         self.schema = schema;
         self.arrow = arrow;
         self.key = key;
@@ -204,6 +205,9 @@ pub struct SilverSink {
     commits: CommitPath,
     namespace: NamespaceIdent,
     tables: Vec<SilverTable>,
+    memory: crate::MemoryBudget,
+    /// Pending batches that went to scratch files, over every commit so far.
+    spilled: u64,
 }
 
 impl std::fmt::Debug for SilverSink {
@@ -244,7 +248,14 @@ impl SilverSink {
             commits,
             namespace,
             tables: Vec::new(),
+            memory: crate::MemoryBudget::default(),
+            spilled: 0,
         })
+    }
+
+    /// Keeps each table's pending change rows within `memory` (beyond it they spill).
+    pub fn set_memory(&mut self, memory: crate::MemoryBudget) {
+        self.memory = memory;
     }
 
     /// Makes the next commit of table `idx` start from an empty table (its source is copied again).
@@ -274,6 +285,11 @@ impl SilverSink {
     /// The catalog name of table `idx`.
     pub fn ident(&self, idx: usize) -> Option<&TableIdent> {
         self.tables.get(idx).map(|t| &t.ident)
+    }
+
+    /// Pending batches spilled to scratch files over every commit so far (large transactions).
+    pub fn spilled_batches(&self) -> u64 {
+        self.spilled
     }
 
     /// Whether table `idx`'s index was loaded from its checkpoint at the last (re)open.
@@ -358,7 +374,8 @@ impl SilverSink {
     }
 
     /// Folds the pending change rows of table `idx` into one snapshot at source position `lsn`.
-    pub(crate) async fn commit_table(&mut self, idx: usize, lsn: u64) -> Result<()> {
+    pub(crate) async fn commit_table(&mut self, idx: usize, at: CommitAt) -> Result<()> {
+        let lsn = at.lsn();
         let catalog = self.catalog.clone();
         let commits = self.commits.clone();
         let t = self
@@ -368,7 +385,11 @@ impl SilverSink {
         let mut retry = catalog::Retry::commit_race();
         let mut io_retry = catalog::Retry::transient_io();
         let planned = crate::bronze::read_progress(&t.table)?.source_lsn;
-        let rows_in = t.pending.iter().map(|b| b.num_rows()).sum::<usize>();
+        let rows_in = t.pending.rows();
+        let spilled = t.pending.spilled();
+        if spilled > 0 {
+            tracing::info!(table = %t.ident, rows = rows_in, spilled, "committing a batch partly spilled to scratch");
+        }
         'plan: loop {
             if t.index_stale {
                 // The key's columns or types changed: index the committed rows by the new key.
@@ -376,8 +397,7 @@ impl SilverSink {
                 t.index_stale = false;
             }
             let plan = plan(t)?;
-            let output = materialize(t, &plan).await?;
-            let data_files = write_data(&t.table, &t.schema, &t.arrow, output).await?;
+            let data_files = write_new_rows(t, &plan).await?;
             crate::crash::point("silver.after_data_files");
             let mut delete_files = Vec::new();
             if !plan.deletes.is_empty() && !plan.truncate {
@@ -412,7 +432,7 @@ impl SilverSink {
                     removed_files: HashSet::new(),
                     remove_all: plan.truncate,
                     properties: HashMap::from([
-                        (SOURCE_LSN_PROPERTY.to_string(), lsn.to_string()),
+                        at.property(),
                         ("bitvelocity.rows".to_string(), rows_in.to_string()),
                     ]),
                     schema: t.evolution.as_ref().map(|_| t.schema.as_ref().clone()),
@@ -434,6 +454,7 @@ impl SilverSink {
                         t.table = table;
                         apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
                         t.pending.clear();
+                        self.spilled += spilled as u64;
                         t.reset = false;
                         // Checkpointed at a clean stop only: any later commit makes a
                         // checkpoint stale, so one written mid-run would not survive a crash.
@@ -537,6 +558,8 @@ impl ChangeSink for SilverSink {
                 }
             }
             out.push(read_progress(&table)?);
+            // A copy that never finished starts over: its first commit replaces every file.
+            let reset = interrupted_copy(&table);
             self.tables.push(SilverTable {
                 ident,
                 table,
@@ -551,8 +574,8 @@ impl ChangeSink for SilverSink {
                 index_stale: false,
                 dirty: false,
                 names,
-                pending: Vec::new(),
-                reset: false,
+                pending: Pending::default(),
+                reset,
             });
         }
         Ok(out)
@@ -565,7 +588,7 @@ impl ChangeSink for SilverSink {
             .ok_or(LakehouseError::UnknownTable(table))?;
         if batch.num_rows() > 0 {
             let batch = conform_input(&t.ident, &batch, &t.arrow)?;
-            t.pending.push(batch);
+            t.pending.push(batch, self.memory.silver_pending_bytes())?;
         }
         Ok(())
     }
@@ -604,13 +627,24 @@ impl ChangeSink for SilverSink {
         self.checkpoint_indexes().await
     }
 
+    async fn commit_copy_piece(&mut self, table: usize, point: u64) -> Result<()> {
+        let t = self
+            .tables
+            .get(table)
+            .ok_or(LakehouseError::UnknownTable(table))?;
+        if !t.pending.is_empty() {
+            self.commit_table(table, CommitAt::CopyPiece(point)).await?;
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self, lsn: u64, mark: &[usize]) -> Result<()> {
         for idx in 0..self.tables.len() {
             let t = &self.tables[idx];
             // A pending schema change alone waits for rows: committing it would move the
             // table's source position past bronze's.
             if !t.pending.is_empty() || t.reset || mark.contains(&idx) {
-                self.commit_table(idx, lsn).await?;
+                self.commit_table(idx, CommitAt::Source(lsn)).await?;
                 crate::crash::point("silver.between_tables");
             }
         }

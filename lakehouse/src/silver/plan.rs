@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// Pending batch `b` of `t` in the table's current input layout (a spilled batch is read
+/// back in the layout it was written with).
+fn pending_batch(t: &SilverTable, b: usize) -> Result<RecordBatch> {
+    conform_input(&t.ident, &t.pending.get(b)?, &t.arrow)
+}
+
 /// Where a key's row version currently is while a commit is planned.
 #[derive(Debug, Clone, Copy)]
 enum Cur {
@@ -73,7 +79,8 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
     // The row a delete just removed: when the change right after it is an update of a key
     // without a live row, the row moved to a new key and unsent values come from here.
     let mut moved: Option<Cur> = None;
-    for (b, batch) in t.pending.iter().enumerate() {
+    for b in 0..t.pending.len() {
+        let batch = &pending_batch(t, b)?;
         if batch.num_columns() != n + 2 {
             return Err(LakehouseError::SchemaMismatch {
                 table: t.ident.to_string(),
@@ -224,15 +231,64 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
     Ok(p)
 }
 
-/// Assembles the surviving new row versions, reading carried values of committed rows back.
-pub(super) async fn materialize(t: &SilverTable, plan: &Plan) -> Result<Vec<RecordBatch>> {
+/// Writes the surviving new row versions as data files of `t`, in plan order (row positions
+/// follow it), a bounded chunk at a time: each chunk reads only the pending batches and the
+/// committed rows (carried values) it takes values from.
+pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<DataFile>> {
     let alive: Vec<&NewRow> = plan.rows.iter().filter(|r| r.alive).collect();
     if alive.is_empty() {
         return Ok(Vec::new());
     }
+    let ident = t.table.identifier().clone();
+    let mut writer = crate::files::data_writer(&t.table, t.schema.clone(), 512 * 1024 * 1024, "")?
+        .build(None)
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
+    let mut rows = 0u64;
+    for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
+        let batch = assemble(t, chunk).await?;
+        rows += batch.num_rows() as u64;
+        writer
+            .write(batch)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))?;
+    }
+    let files = writer
+        .close()
+        .await
+        .map_err(LakehouseError::iceberg(&ident))?;
+    let written: u64 = files.iter().map(|f| f.record_count()).sum();
+    if written != rows {
+        return Err(LakehouseError::Corrupt(format!(
+            "{ident}: wrote {rows} rows but the files hold {written}"
+        )));
+    }
+    Ok(files)
+}
+
+/// One output batch: the rows of `chunk`, each column taken from its pending change row, the
+/// previous version in a committed file (values the source did not send), or null.
+async fn assemble(t: &SilverTable, chunk: &[&NewRow]) -> Result<RecordBatch> {
+    // The pending batches this chunk takes values from.
+    let mut inputs: Vec<u32> = Vec::new();
+    for r in chunk {
+        inputs.push(r.batch);
+        for (_, s) in &r.carried {
+            if let ColSrc::Input(b, _) = s {
+                inputs.push(*b);
+            }
+        }
+    }
+    inputs.sort_unstable();
+    inputs.dedup();
+    let mut loaded = Vec::with_capacity(inputs.len());
+    for &b in &inputs {
+        loaded.push(pending_batch(t, b as usize)?);
+    }
+    let input_at: HashMap<u32, usize> = inputs.iter().enumerate().map(|(i, &b)| (b, i)).collect();
     // Previous versions of carried values that live in committed files, read back by position.
     let mut wanted: HashMap<u32, Vec<u32>> = HashMap::new();
-    for r in &alive {
+    for r in chunk {
         for (_, s) in &r.carried {
             if let ColSrc::Committed(l) = s {
                 wanted.entry(l.file).or_default().push(l.pos);
@@ -241,7 +297,6 @@ pub(super) async fn materialize(t: &SilverTable, plan: &Plan) -> Result<Vec<Reco
     }
     let mut fetched: Vec<RecordBatch> = Vec::new();
     let mut fetched_at: HashMap<Loc, (usize, usize)> = HashMap::new();
-    let base = t.pending.len();
     for (file, mut positions) in wanted {
         positions.sort_unstable();
         positions.dedup();
@@ -257,76 +312,38 @@ pub(super) async fn materialize(t: &SilverTable, plan: &Plan) -> Result<Vec<Reco
             )));
         }
         for (k, &pos) in positions.iter().enumerate() {
-            fetched_at.insert(Loc { file, pos }, (base + fetched.len(), k));
+            fetched_at.insert(Loc { file, pos }, (loaded.len() + fetched.len(), k));
         }
         fetched.push(batch);
     }
-    let null_source = base + fetched.len();
-    let mut out = Vec::new();
-    for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(t.arrow.fields().len());
-        for (c, field) in t.arrow.fields().iter().enumerate() {
-            let mut sources: Vec<ArrayRef> = Vec::with_capacity(null_source + 1);
-            for b in &t.pending {
-                sources.push(conform(b.column(c).clone(), field.data_type())?);
-            }
-            for f in &fetched {
-                sources.push(f.column(c).clone());
-            }
-            sources.push(new_null_array(field.data_type(), 1));
-            let indices: Vec<(usize, usize)> = chunk
-                .iter()
-                .map(|r| match r.source_of(c) {
-                    ColSrc::Input(b, row) => Ok((b as usize, row as usize)),
-                    ColSrc::Committed(l) => fetched_at.get(&l).copied().ok_or_else(|| {
-                        LakehouseError::Corrupt(format!("carried value at {l:?} not read"))
-                    }),
-                    ColSrc::Null => Ok((null_source, 0)),
-                })
-                .collect::<Result<_>>()?;
-            let refs: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
-            columns.push(interleave(&refs, &indices)?);
+    let null_source = loaded.len() + fetched.len();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(t.arrow.fields().len());
+    for (c, field) in t.arrow.fields().iter().enumerate() {
+        let mut sources: Vec<ArrayRef> = Vec::with_capacity(null_source + 1);
+        for b in &loaded {
+            sources.push(conform(b.column(c).clone(), field.data_type())?);
         }
-        out.push(RecordBatch::try_new(t.arrow.clone(), columns)?);
+        for f in &fetched {
+            sources.push(f.column(c).clone());
+        }
+        sources.push(new_null_array(field.data_type(), 1));
+        let indices: Vec<(usize, usize)> = chunk
+            .iter()
+            .map(|r| match r.source_of(c) {
+                ColSrc::Input(b, row) => input_at
+                    .get(&b)
+                    .map(|&i| (i, row as usize))
+                    .ok_or_else(|| LakehouseError::Corrupt(format!("pending batch {b} not read"))),
+                ColSrc::Committed(l) => fetched_at.get(&l).copied().ok_or_else(|| {
+                    LakehouseError::Corrupt(format!("carried value at {l:?} not read"))
+                }),
+                ColSrc::Null => Ok((null_source, 0)),
+            })
+            .collect::<Result<_>>()?;
+        let refs: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+        columns.push(interleave(&refs, &indices)?);
     }
-    Ok(out)
-}
-
-/// Writes `batches` as data files of `table`, in order (row positions follow write order).
-pub(super) async fn write_data(
-    table: &Table,
-    schema: &iceberg::spec::SchemaRef,
-    arrow: &SchemaRef,
-    batches: Vec<RecordBatch>,
-) -> Result<Vec<DataFile>> {
-    if batches.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ident = table.identifier().clone();
-    let mut writer = crate::files::data_writer(table, schema.clone(), 512 * 1024 * 1024, "")?
-        .build(None)
-        .await
-        .map_err(LakehouseError::iceberg(&ident))?;
-    let mut rows = 0;
-    for b in batches {
-        debug_assert_eq!(b.schema().fields(), arrow.fields());
-        rows += b.num_rows() as u64;
-        writer
-            .write(b)
-            .await
-            .map_err(LakehouseError::iceberg(&ident))?;
-    }
-    let files = writer
-        .close()
-        .await
-        .map_err(LakehouseError::iceberg(&ident))?;
-    let written: u64 = files.iter().map(|f| f.record_count()).sum();
-    if written != rows {
-        return Err(LakehouseError::Corrupt(format!(
-            "{ident}: wrote {rows} rows but the files hold {written}"
-        )));
-    }
-    Ok(files)
+    Ok(RecordBatch::try_new(t.arrow.clone(), columns)?)
 }
 
 /// Moves a committed plan into the index: touched keys now point at their new rows.
