@@ -28,27 +28,177 @@ pub struct Loc {
     pub pos: u32,
 }
 
-/// One key's rows: a single one for a primary key, several for tables keyed by all columns.
-#[derive(Debug, Clone)]
-enum Locs {
-    One(Loc),
-    Many(Vec<Loc>),
+/// Keys whose Arrow row encoding has a fixed width up to this many bytes are stored inline
+/// (a `bigint`, `int`, `date`, `timestamp` key, or two `int`s): no allocation per key.
+const NARROW: usize = 16;
+
+/// Key → live rows, for one key representation. A key has its single row in `one`, or, in a
+/// table keyed by all its columns where equal rows repeat, several rows in `many`.
+#[derive(Debug)]
+struct Entries<K> {
+    one: HashMap<K, Loc>,
+    many: HashMap<K, Vec<Loc>>,
+}
+
+impl<K> Default for Entries<K> {
+    fn default() -> Self {
+        Self {
+            one: HashMap::new(),
+            many: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Entries<K> {
+    fn get<Q>(&self, key: &Q) -> Vec<Loc>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Some(l) = self.one.get(key) {
+            return vec![*l];
+        }
+        self.many.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Replaces the rows of `key`; returns how many it had.
+    fn set(&mut self, key: K, mut locs: Vec<Loc>) -> usize {
+        let removed = match self.one.remove(&key) {
+            Some(_) => 1,
+            None => self.many.remove(&key).map_or(0, |v| v.len()),
+        };
+        match locs.len() {
+            0 => {}
+            1 => {
+                self.one.insert(key, locs[0]);
+            }
+            _ => {
+                locs.shrink_to_fit();
+                self.many.insert(key, locs);
+            }
+        }
+        removed
+    }
+
+    fn push(&mut self, key: K, loc: Loc) {
+        if let Some(v) = self.many.get_mut(&key) {
+            v.push(loc);
+        } else if let Some(first) = self.one.remove(&key) {
+            self.many.insert(key, vec![first, loc]);
+        } else {
+            self.one.insert(key, loc);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.one = HashMap::new();
+        self.many = HashMap::new();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &[Loc])> + Send + '_
+    where
+        K: Sync,
+    {
+        self.one
+            .iter()
+            .map(|(k, l)| (k, std::slice::from_ref(l)))
+            .chain(self.many.iter().map(|(k, v)| (k, v.as_slice())))
+    }
+
+    /// Bytes of the hash tables (each bucket: key, rows, one control byte) and row lists.
+    fn table_bytes(&self) -> usize {
+        let one = self.one.capacity() * (std::mem::size_of::<(K, Loc)>() + 1);
+        let many = self.many.capacity() * (std::mem::size_of::<(K, Vec<Loc>)>() + 1)
+            + self
+                .many
+                .values()
+                .map(|v| v.capacity() * std::mem::size_of::<Loc>())
+                .sum::<usize>();
+        one + many
+    }
+}
+
+/// The index's keys: inline when the key's encoding is narrow and fixed, else on the heap.
+#[derive(Debug)]
+enum Keys {
+    /// Keys of this fixed encoded width, zero-padded.
+    Narrow(Entries<[u8; NARROW]>, usize),
+    Wide(Entries<Box<[u8]>>),
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::Wide(Entries::default())
+    }
+}
+
+fn narrow(key: &[u8]) -> [u8; NARROW] {
+    let mut out = [0u8; NARROW];
+    out[..key.len()].copy_from_slice(key);
+    out
+}
+
+/// The width of the Arrow row encoding of `key_schema`'s keys if it is the same for every
+/// key (fixed-width types only: a null byte, then the value).
+fn fixed_width(key_schema: &SchemaRef) -> Option<usize> {
+    key_schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let t = f.data_type();
+            match t {
+                DataType::Boolean => Some(2),
+                t if t.is_primitive() => t.primitive_width().map(|w| w + 1),
+                _ => None,
+            }
+        })
+        .sum()
 }
 
 /// Key (Arrow row encoding of the key columns) → live rows.
+///
+/// Memory per live row (see [`PkIndex::heap_bytes`]): a key that encodes to at most 16
+/// bytes of fixed width takes one 24-byte hash bucket plus a control byte, at a load factor
+/// between 44% and 88% (28–55 bytes, about 40 on average); a wider key adds its encoding
+/// in a heap allocation. File paths are stored once, rows refer to them by number.
 #[derive(Debug, Default)]
 pub struct PkIndex {
     files: Vec<Arc<str>>,
     file_ids: HashMap<Arc<str>, u32>,
-    map: HashMap<Box<[u8]>, Locs>,
+    keys: Keys,
     rows: usize,
     from_checkpoint: bool,
 }
 
 impl PkIndex {
+    /// An empty index for keys of `key_schema`.
+    pub fn new(key_schema: &SchemaRef) -> Self {
+        let keys = match fixed_width(key_schema) {
+            Some(w) if w <= NARROW => Keys::Narrow(Entries::default(), w),
+            _ => Keys::Wide(Entries::default()),
+        };
+        Self {
+            keys,
+            ..Self::default()
+        }
+    }
+
     /// Number of live rows indexed.
     pub fn len(&self) -> usize {
         self.rows
+    }
+
+    /// Approximate memory held by the index: its hash tables, row lists, keys and file list.
+    pub fn heap_bytes(&self) -> usize {
+        let keys = match &self.keys {
+            Keys::Narrow(e, _) => e.table_bytes(),
+            Keys::Wide(e) => {
+                let heap: usize = e.iter().map(|(k, _)| k.len().next_multiple_of(16)).sum();
+                e.table_bytes() + heap
+            }
+        };
+        let files: usize = self.files.iter().map(|f| f.len() + 64).sum();
+        keys + files
     }
 
     /// Whether this index was loaded from its checkpoint rather than rebuilt from the table.
@@ -80,28 +230,19 @@ impl PkIndex {
 
     /// The live rows of `key`.
     pub fn get(&self, key: &[u8]) -> Vec<Loc> {
-        match self.map.get(key) {
-            None => Vec::new(),
-            Some(Locs::One(l)) => vec![*l],
-            Some(Locs::Many(v)) => v.clone(),
+        match &self.keys {
+            Keys::Narrow(e, _) if key.len() <= NARROW => e.get(&narrow(key)),
+            Keys::Narrow(..) => Vec::new(),
+            Keys::Wide(e) => e.get(key),
         }
     }
 
     /// Replaces the rows of `key`.
-    pub fn set(&mut self, key: Box<[u8]>, mut locs: Vec<Loc>) {
+    pub fn set(&mut self, key: Box<[u8]>, locs: Vec<Loc>) {
         let added = locs.len();
-        let old = match added {
-            0 => self.map.remove(&key),
-            1 => self.map.insert(key, Locs::One(locs[0])),
-            _ => {
-                locs.shrink_to_fit();
-                self.map.insert(key, Locs::Many(locs))
-            }
-        };
-        let removed = match old {
-            None => 0,
-            Some(Locs::One(_)) => 1,
-            Some(Locs::Many(v)) => v.len(),
+        let removed = match &mut self.keys {
+            Keys::Narrow(e, _) => e.set(narrow(&key), locs),
+            Keys::Wide(e) => e.set(key, locs),
         };
         self.rows = self.rows + added - removed;
     }
@@ -109,26 +250,26 @@ impl PkIndex {
     /// Adds one row to `key`.
     pub fn push(&mut self, key: &[u8], loc: Loc) {
         self.rows += 1;
-        match self.map.get_mut(key) {
-            None => {
-                self.map.insert(key.into(), Locs::One(loc));
-            }
-            Some(e) => {
-                let prev = match e {
-                    Locs::One(l) => vec![*l, loc],
-                    Locs::Many(v) => {
-                        v.push(loc);
-                        return;
-                    }
-                };
-                *e = Locs::Many(prev);
-            }
+        match &mut self.keys {
+            Keys::Narrow(e, _) => e.push(narrow(key), loc),
+            Keys::Wide(e) => e.push(key.into(), loc),
+        }
+    }
+
+    /// Every key (its row encoding) with its rows.
+    fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[Loc])> + Send + '_> {
+        match &self.keys {
+            Keys::Narrow(e, width) => Box::new(e.iter().map(|(k, l)| (&k[..*width], l))),
+            Keys::Wide(e) => Box::new(e.iter().map(|(k, l)| (k.as_ref(), l))),
         }
     }
 
     /// Forgets every row (TRUNCATE).
     pub fn clear(&mut self) {
-        self.map.clear();
+        match &mut self.keys {
+            Keys::Narrow(e, _) => e.clear(),
+            Keys::Wide(e) => e.clear(),
+        }
         self.files.clear();
         self.file_ids.clear();
         self.rows = 0;
@@ -136,7 +277,7 @@ impl PkIndex {
 
     /// Builds the index of `table`'s current snapshot from its files.
     pub async fn rebuild(table: &Table, key_schema: &SchemaRef) -> Result<Self> {
-        let mut index = PkIndex::default();
+        let mut index = PkIndex::new(key_schema);
         if table.metadata().current_snapshot().is_none() {
             return Ok(index);
         }
@@ -178,6 +319,9 @@ const CHECKPOINT_FILE: &str = "pk.arrow";
 const META_SNAPSHOT: &str = "bitvelocity.snapshot-id";
 const META_KEY: &str = "bitvelocity.key";
 const META_FILES: &str = "bitvelocity.files";
+const META_ROWS: &str = "bitvelocity.rows";
+/// Bytes read per request while loading a checkpoint.
+const CHECKPOINT_CHUNK: u64 = 8 << 20;
 
 /// Identifies a key layout: an index built for other key columns or types is not reused.
 fn key_fingerprint(key_schema: &SchemaRef) -> String {
@@ -227,27 +371,74 @@ impl PkIndex {
         };
         let path = checkpoint_path(table);
         let file_io = table.file_io();
-        if !file_io
-            .exists(&path)
-            .await
-            .map_err(LakehouseError::iceberg(&path))?
-        {
+        let err = |e| LakehouseError::iceberg(&path)(e);
+        if !file_io.exists(&path).await.map_err(err)? {
             return Ok(None);
         }
-        let bytes = file_io
-            .new_input(&path)
-            .map_err(LakehouseError::iceberg(&path))?
-            .read()
-            .await
-            .map_err(LakehouseError::iceberg(&path))?;
-        let reader = arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?;
-        let meta = reader.schema().metadata().clone();
-        if meta.get(META_SNAPSHOT) != Some(&snapshot.snapshot_id().to_string())
+        // Streamed in pieces: a checkpoint of a large table never sits in memory whole.
+        let input = file_io.new_input(&path).map_err(err)?;
+        let size = input.metadata().await.map_err(err)?.size;
+        let reader = input.reader().await.map_err(err)?;
+        let mut decoder = arrow::ipc::reader::StreamDecoder::new();
+        let mut index: Option<(PkIndex, usize)> = None;
+        let mut read_rows = 0usize;
+        let mut offset = 0u64;
+        while offset < size {
+            let end = (offset + CHECKPOINT_CHUNK).min(size);
+            let mut buf = arrow::buffer::Buffer::from(reader.read(offset..end).await.map_err(err)?);
+            offset = end;
+            loop {
+                let batch = decoder.decode(&mut buf)?;
+                if index.is_none()
+                    && let Some(schema) = decoder.schema()
+                {
+                    match Self::from_header(schema.metadata(), snapshot.snapshot_id(), key_schema)?
+                    {
+                        Some(found) => index = Some(found),
+                        None => return Ok(None),
+                    }
+                }
+                let Some(batch) = batch else { break };
+                let Some((index, _)) = index.as_mut() else {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{path}: rows before the schema"
+                    )));
+                };
+                read_rows += batch.num_rows();
+                index.push_batch(&path, &batch)?;
+            }
+        }
+        decoder.finish()?;
+        let Some((index, rows)) = index else {
+            return Err(LakehouseError::Corrupt(format!("{path}: no schema")));
+        };
+        if read_rows != rows {
+            return Err(LakehouseError::Corrupt(format!(
+                "{path}: {read_rows} rows of the {rows} its header promises"
+            )));
+        }
+        Ok(Some(index))
+    }
+
+    /// An empty index with the file list of a checkpoint header, and the rows it promises;
+    /// `None` when the checkpoint is of another snapshot or key.
+    fn from_header(
+        meta: &HashMap<String, String>,
+        snapshot_id: i64,
+        key_schema: &SchemaRef,
+    ) -> Result<Option<(Self, usize)>> {
+        if meta.get(META_SNAPSHOT) != Some(&snapshot_id.to_string())
             || meta.get(META_KEY) != Some(&key_fingerprint(key_schema))
         {
             return Ok(None);
         }
-        let mut index = PkIndex::default();
+        let rows = meta
+            .get(META_ROWS)
+            .and_then(|r| r.parse::<usize>().ok())
+            .ok_or_else(|| {
+                LakehouseError::Corrupt("index checkpoint without a row count".into())
+            })?;
+        let mut index = PkIndex::new(key_schema);
         for path in meta
             .get(META_FILES)
             .map(|f| f.split('\n').filter(|p| !p.is_empty()).collect::<Vec<_>>())
@@ -255,53 +446,56 @@ impl PkIndex {
         {
             index.file_id(path);
         }
-        for batch in reader {
-            let batch = batch?;
-            let keys = batch.column(0).as_binary::<i32>();
-            let files = batch.column(1).as_primitive::<UInt32Type>();
-            let positions = batch.column(2).as_primitive::<UInt32Type>();
-            for i in 0..batch.num_rows() {
-                let file = files.value(i);
-                if file as usize >= index.files.len() {
-                    return Err(LakehouseError::Corrupt(format!(
-                        "{path}: file number {file} beyond its file list"
-                    )));
-                }
-                index.push(
-                    keys.value(i),
-                    Loc {
-                        file,
-                        pos: positions.value(i),
-                    },
-                );
+        Ok(Some((index, rows)))
+    }
+
+    /// Adds the rows of one checkpoint batch (key, file number, position).
+    fn push_batch(&mut self, path: &str, batch: &RecordBatch) -> Result<()> {
+        let keys = batch.column(0).as_binary::<i32>();
+        let files = batch.column(1).as_primitive::<UInt32Type>();
+        let positions = batch.column(2).as_primitive::<UInt32Type>();
+        for i in 0..batch.num_rows() {
+            let file = files.value(i);
+            if file as usize >= self.files.len() {
+                return Err(LakehouseError::Corrupt(format!(
+                    "{path}: file number {file} beyond its file list"
+                )));
             }
+            self.push(
+                keys.value(i),
+                Loc {
+                    file,
+                    pos: positions.value(i),
+                },
+            );
         }
-        Ok(Some(index))
+        Ok(())
     }
 
     /// Writes the index as the checkpoint of `table` at its current snapshot (which the
-    /// index must describe). A crash mid-write leaves an unreadable file: rebuilt on open.
+    /// index must describe), streamed a piece at a time. A checkpoint cut short is never
+    /// used: its header says how many rows follow (and the store publishes a file only
+    /// once it is complete).
     pub async fn checkpoint(&self, table: &Table, key_schema: &SchemaRef) -> Result<()> {
         let Some(snapshot) = table.metadata().current_snapshot() else {
             return Ok(());
         };
-        let bytes = self.encode(snapshot.snapshot_id(), key_schema)?;
         let path = checkpoint_path(table);
-        table
+        let err = |e| LakehouseError::iceberg(&path)(e);
+        let mut out = table
             .file_io()
             .new_output(&path)
-            .map_err(LakehouseError::iceberg(&path))?
-            .write(bytes.into())
+            .map_err(err)?
+            .writer()
             .await
-            .map_err(LakehouseError::iceberg(&path))?;
-        tracing::debug!(table = %table.identifier(), rows = self.len(), "checkpointed primary-key index");
-        Ok(())
-    }
-
-    fn encode(&self, snapshot_id: i64, key_schema: &SchemaRef) -> Result<Vec<u8>> {
+            .map_err(err)?;
         let metadata = HashMap::from([
-            (META_SNAPSHOT.to_string(), snapshot_id.to_string()),
+            (
+                META_SNAPSHOT.to_string(),
+                snapshot.snapshot_id().to_string(),
+            ),
             (META_KEY.to_string(), key_fingerprint(key_schema)),
+            (META_ROWS.to_string(), self.rows.to_string()),
             (
                 META_FILES.to_string(),
                 self.files
@@ -319,49 +513,79 @@ impl PkIndex {
             ],
             metadata,
         ));
-        let mut out = Vec::new();
-        let mut writer = arrow::ipc::writer::FileWriter::try_new(&mut out, &schema)?;
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)?;
         const CHUNK: usize = 64 * 1024;
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(CHUNK);
-        let mut files: Vec<u32> = Vec::with_capacity(CHUNK);
-        let mut positions: Vec<u32> = Vec::with_capacity(CHUNK);
-        let flush = |keys: &mut Vec<&[u8]>,
-                     files: &mut Vec<u32>,
-                     positions: &mut Vec<u32>,
-                     writer: &mut arrow::ipc::writer::FileWriter<&mut Vec<u8>>|
-         -> Result<()> {
-            if keys.is_empty() {
-                return Ok(());
+        let mut cols = CheckpointColumns::default();
+        let mut entries = self.iter();
+        loop {
+            let more = entries.next();
+            if let Some((key, locs)) = more {
+                for l in locs {
+                    cols.push(key, *l);
+                }
+                if cols.len() < CHUNK {
+                    continue;
+                }
             }
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(BinaryArray::from_vec(std::mem::take(keys))),
-                    Arc::new(UInt32Array::from(std::mem::take(files))),
-                    Arc::new(UInt32Array::from(std::mem::take(positions))),
-                ],
-            )?;
-            writer.write(&batch)?;
-            Ok(())
-        };
-        for (key, locs) in &self.map {
-            let locs: &[Loc] = match locs {
-                Locs::One(l) => std::slice::from_ref(l),
-                Locs::Many(v) => v,
-            };
-            for l in locs {
-                keys.push(key);
-                files.push(l.file);
-                positions.push(l.pos);
+            // A batch at a time: encoded, handed to the store, dropped.
+            if cols.len() > 0 {
+                writer.write(&cols.take(&schema)?)?;
+                let bytes = std::mem::take(writer.get_mut());
+                out.write(bytes.into()).await.map_err(err)?;
             }
-            if keys.len() >= CHUNK {
-                flush(&mut keys, &mut files, &mut positions, &mut writer)?;
+            if more.is_none() {
+                break;
             }
         }
-        flush(&mut keys, &mut files, &mut positions, &mut writer)?;
         writer.finish()?;
-        drop(writer);
-        Ok(out)
+        let bytes = std::mem::take(writer.get_mut());
+        out.write(bytes.into()).await.map_err(err)?;
+        out.close().await.map_err(err)?;
+        tracing::debug!(table = %table.identifier(), rows = self.len(), "checkpointed primary-key index");
+        Ok(())
+    }
+}
+
+/// The columns of the checkpoint batch being collected.
+#[derive(Default)]
+struct CheckpointColumns {
+    keys: Vec<u8>,
+    offsets: Vec<i32>,
+    files: Vec<u32>,
+    positions: Vec<u32>,
+}
+
+impl CheckpointColumns {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn push(&mut self, key: &[u8], l: Loc) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        self.keys.extend_from_slice(key);
+        self.offsets.push(self.keys.len() as i32);
+        self.files.push(l.file);
+        self.positions.push(l.pos);
+    }
+
+    /// The collected rows as one batch; starts collecting afresh.
+    fn take(&mut self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let c = std::mem::take(self);
+        let keys = BinaryArray::try_new(
+            arrow::buffer::OffsetBuffer::new(c.offsets.into()),
+            c.keys.into(),
+            None,
+        )?;
+        Ok(RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(keys),
+                Arc::new(UInt32Array::from(c.files)),
+                Arc::new(UInt32Array::from(c.positions)),
+            ],
+        )?)
     }
 }
 
@@ -381,4 +605,114 @@ pub fn key_converter(key_schema: &SchemaRef) -> Result<RowConverter> {
             .map(|f| SortField::new(f.data_type().clone()))
             .collect(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn keys_of(schema: &SchemaRef, column: ArrayRef) -> arrow::row::Rows {
+        key_converter(schema)
+            .unwrap()
+            .convert_columns(&[column])
+            .unwrap()
+    }
+
+    /// Random pushes and replacements against a plain map: the index answers the same.
+    fn agrees_with_a_model(schema: SchemaRef, column: ArrayRef) -> PkIndex {
+        let rows = keys_of(&schema, column);
+        let mut index = PkIndex::new(&schema);
+        let mut model: HashMap<Vec<u8>, Vec<Loc>> = HashMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for step in 0..20_000u32 {
+            let key = rows.row(rng.random_range(0..rows.num_rows()));
+            let key = key.as_ref();
+            let loc = Loc {
+                file: step % 5,
+                pos: step,
+            };
+            match rng.random_range(0..4) {
+                0 => {
+                    index.push(key, loc);
+                    model.entry(key.to_vec()).or_default().push(loc);
+                }
+                1 => {
+                    index.set(key.into(), Vec::new());
+                    model.remove(key);
+                }
+                2 => {
+                    index.set(key.into(), vec![loc, Loc { file: 9, pos: step }]);
+                    model.insert(key.to_vec(), vec![loc, Loc { file: 9, pos: step }]);
+                }
+                _ => {
+                    index.set(key.into(), vec![loc]);
+                    model.insert(key.to_vec(), vec![loc]);
+                }
+            }
+        }
+        for k in 0..rows.num_rows() {
+            let key = rows.row(k);
+            let want = model.get(key.as_ref()).cloned().unwrap_or_default();
+            assert_eq!(index.get(key.as_ref()), want, "key {k}");
+        }
+        assert_eq!(index.len(), model.values().map(Vec::len).sum::<usize>());
+        let listed: usize = index.iter().map(|(_, l)| l.len()).sum();
+        assert_eq!(listed, index.len());
+        for (key, locs) in index.iter() {
+            assert_eq!(model.get(key).map(Vec::as_slice), Some(locs));
+        }
+        index
+    }
+
+    #[test]
+    fn narrow_and_wide_keys_behave_like_a_map() {
+        let ints: SchemaRef = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let index = agrees_with_a_model(
+            ints,
+            Arc::new(Int64Array::from_iter_values(
+                (0..500).map(|i| i * 7919 - 100),
+            )),
+        );
+        assert!(matches!(index.keys, Keys::Narrow(_, 9)));
+        let text: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
+        let index = agrees_with_a_model(
+            text,
+            Arc::new(StringArray::from_iter_values(
+                (0..500).map(|i| format!("key-{i}")),
+            )),
+        );
+        assert!(matches!(index.keys, Keys::Wide(_)));
+    }
+
+    #[test]
+    fn a_bigint_key_costs_under_sixty_bytes_a_row() {
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let n = 1_000_000;
+        let rows = keys_of(&schema, Arc::new(Int64Array::from_iter_values(0..n)));
+        let mut index = PkIndex::new(&schema);
+        for i in 0..rows.num_rows() {
+            index.push(
+                rows.row(i).as_ref(),
+                Loc {
+                    file: 0,
+                    pos: i as u32,
+                },
+            );
+        }
+        let per_row = index.heap_bytes() as f64 / n as f64;
+        assert!(per_row < 60.0, "{per_row:.1} bytes a row");
+        assert_eq!(
+            index.get(rows.row(123_456).as_ref()),
+            vec![Loc {
+                file: 0,
+                pos: 123_456
+            }]
+        );
+    }
 }
