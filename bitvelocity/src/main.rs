@@ -1,6 +1,7 @@
 //! BitVelocity command line: wires the crates together, installs logging, handles signals.
 
 mod bench;
+mod bench_copy;
 mod bench_silver;
 mod demo;
 mod inspect;
@@ -91,6 +92,10 @@ enum Command {
         /// commits in pieces and silver spills large transactions to keep within it.
         #[arg(long, default_value = "1GiB")]
         memory_limit: lakehouse::MemoryBudget,
+        /// Checkpoint each silver key index at most this often (seconds), so a restart after
+        /// a crash replays only the commits since instead of rebuilding it.
+        #[arg(long, default_value_t = 300)]
+        index_checkpoint_secs: u64,
         /// Bytes of rows per committed piece of the initial copy (default: from --memory-limit).
         #[arg(long, hide = true)]
         copy_piece_bytes: Option<usize>,
@@ -210,6 +215,21 @@ enum SlotCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Initial copy of one large table by `bitvelocity ingest`, next to PostgreSQL's binary COPY.
+    Copy {
+        /// Rows in the table (8 columns).
+        #[arg(long, default_value_t = 2_000_000)]
+        rows: u64,
+        /// The ingester's --memory-limit.
+        #[arg(long, default_value = "1GiB")]
+        memory_limit: lakehouse::MemoryBudget,
+        /// Rounds per storage (contenders alternate who goes first; medians printed).
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Also copy into SeaweedFS S3 with a PostgreSQL catalog (started by the bench).
+        #[arg(long)]
+        s3: bool,
+    },
     /// Drain one backlog with pg_recvlogical, our decoder (discarding), and our bronze ingest; then freshness.
     Ingest {
         /// Inserts in the backlog (updates of half of them follow).
@@ -296,6 +316,7 @@ async fn main() {
             http,
             flush_rows,
             mut memory_limit,
+            index_checkpoint_secs,
             copy_piece_bytes,
             silver_spill_bytes,
             maintain_every,
@@ -321,7 +342,15 @@ async fn main() {
                 every_commits: maintain_every,
                 options: maintenance.options(),
             });
-            ingest(cfg, warehouse, http, auto, memory_limit).await
+            ingest(
+                cfg,
+                warehouse,
+                http,
+                auto,
+                memory_limit,
+                Duration::from_secs(index_checkpoint_secs),
+            )
+            .await
         }
         Command::Maintain {
             warehouse,
@@ -373,6 +402,24 @@ async fn main() {
                 txn_rows,
                 freshness_rate: rate,
                 freshness_secs,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Copy {
+                    rows,
+                    memory_limit,
+                    rounds,
+                    s3,
+                },
+        } => {
+            init_tracing("warn");
+            bench_copy::copy(bench_copy::CopyBenchConfig {
+                rows,
+                memory_limit,
+                rounds,
+                s3,
             })
             .await
         }
@@ -430,6 +477,7 @@ async fn ingest(
     http: Option<std::net::SocketAddr>,
     auto: Option<lakehouse::medallion::AutoMaintenance>,
     memory: lakehouse::MemoryBudget,
+    index_checkpoint_every: Duration,
 ) -> Result<()> {
     let wh = warehouse.open()?;
     let catalog = wh.open_catalog().await.context("opening the catalog")?;
@@ -450,7 +498,8 @@ async fn ingest(
     let mut sink = lakehouse::MedallionSink::new(catalog, commits)
         .await?
         .with_leases(wh.catalog_url().leases().await?)
-        .with_memory(memory);
+        .with_memory(memory)
+        .with_index_checkpoints_every(index_checkpoint_every);
     if let Some(auto) = auto {
         sink = sink.with_auto_maintenance(auto);
     }

@@ -92,6 +92,9 @@ fn ingest_cmd_batching(
         "4096",
         "--silver-spill-bytes",
         "8192",
+        // Key index checkpoints after every commit: restarts replay the commits after one.
+        "--index-checkpoint-secs",
+        "0",
     ])
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())

@@ -93,6 +93,14 @@ impl MedallionSink {
         })
     }
 
+    /// Checkpoints silver's key indexes after a commit at most every `every` (default
+    /// [`crate::silver::CHECKPOINT_EVERY`]), so a restart after a crash replays only the
+    /// snapshots since.
+    pub fn with_index_checkpoints_every(mut self, every: Duration) -> Self {
+        self.silver.set_checkpoint_every(every);
+        self
+    }
+
     /// Keeps the sink's buffers within `memory` (catch-up pieces, silver's spilling).
     pub fn with_memory(mut self, memory: crate::MemoryBudget) -> Self {
         self.memory = memory;

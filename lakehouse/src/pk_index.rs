@@ -90,6 +90,30 @@ impl<K: std::hash::Hash + Eq> Entries<K> {
         }
     }
 
+    /// Removes row `loc` of `key`; false when the key does not have it.
+    fn remove(&mut self, key: &K, loc: Loc) -> bool
+    where
+        K: Clone,
+    {
+        if self.one.get(key) == Some(&loc) {
+            self.one.remove(key);
+            return true;
+        }
+        let Some(v) = self.many.get_mut(key) else {
+            return false;
+        };
+        let Some(i) = v.iter().position(|l| *l == loc) else {
+            return false;
+        };
+        v.swap_remove(i);
+        if v.len() == 1 {
+            let last = v[0];
+            self.many.remove(key);
+            self.one.insert(key.clone(), last);
+        }
+        true
+    }
+
     fn clear(&mut self) {
         self.one = HashMap::new();
         self.many = HashMap::new();
@@ -256,6 +280,18 @@ impl PkIndex {
         }
     }
 
+    /// Removes row `loc` of `key` (a position delete); false when the index does not have it.
+    fn remove(&mut self, key: &[u8], loc: Loc) -> bool {
+        let done = match &mut self.keys {
+            Keys::Narrow(e, _) => key.len() <= NARROW && e.remove(&narrow(key), loc),
+            Keys::Wide(e) => e.remove(&Box::<[u8]>::from(key), loc),
+        };
+        if done {
+            self.rows -= 1;
+        }
+        done
+    }
+
     /// Every key (its row encoding) with its rows.
     fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[Loc])> + Send + '_> {
         match &self.keys {
@@ -351,24 +387,119 @@ impl PkIndex {
     /// Loads the checkpoint of `table` if it describes its current snapshot and `key_schema`,
     /// else rebuilds from the table's files.
     pub async fn open(table: &Table, key_schema: &SchemaRef) -> Result<Self> {
-        match Self::load(table, key_schema).await {
-            Ok(Some(mut index)) => {
+        let loaded = match Self::load(table, key_schema).await {
+            Ok(Some((index, at))) => index.catch_up(table, key_schema, at).await,
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(Some((mut index, replayed))) => {
                 index.from_checkpoint = true;
-                tracing::debug!(table = %table.identifier(), rows = index.len(), "loaded primary-key index checkpoint");
+                tracing::info!(table = %table.identifier(), rows = index.len(), replayed, "loaded the key index checkpoint and replayed the snapshots after it");
                 Ok(index)
             }
             Ok(None) => Self::rebuild(table, key_schema).await,
             Err(e) => {
-                tracing::warn!(table = %table.identifier(), error = %e, "unreadable primary-key index checkpoint; rebuilding from the table");
+                tracing::warn!(table = %table.identifier(), error = %e, "unusable primary-key index checkpoint; rebuilding from the table");
                 Self::rebuild(table, key_schema).await
             }
         }
     }
 
-    async fn load(table: &Table, key_schema: &SchemaRef) -> Result<Option<Self>> {
-        let Some(snapshot) = table.metadata().current_snapshot() else {
+    /// Brings an index of snapshot `from` of `table` up to the current snapshot by replaying
+    /// the row deltas in between (their position deletes, then their new data files), and
+    /// returns it with the number of snapshots replayed. `None` when one of them removed files
+    /// (a compaction, a TRUNCATE, a restarted copy), the chain back to `from` is gone
+    /// (expired), or a delete names a row the index does not hold: only a rebuild is right then.
+    async fn catch_up(
+        mut self,
+        table: &Table,
+        key_schema: &SchemaRef,
+        from: i64,
+    ) -> Result<Option<(Self, usize)>> {
+        let meta = table.metadata();
+        let mut chain = Vec::new();
+        let mut at = meta.current_snapshot().cloned();
+        loop {
+            let Some(s) = at else {
+                return Ok(None);
+            };
+            if s.snapshot_id() == from {
+                break;
+            }
+            at = s
+                .parent_snapshot_id()
+                .and_then(|p| meta.snapshot_by_id(p).cloned());
+            chain.push(s);
+        }
+        chain.reverse();
+        let file_io = table.file_io();
+        let converter = key_converter(key_schema)?;
+        for s in &chain {
+            let summary = s.summary();
+            let removes = ["deleted-data-files", "removed-delete-files"]
+                .iter()
+                .any(|k| {
+                    summary
+                        .additional_properties
+                        .get(*k)
+                        .is_some_and(|v| v != "0")
+                });
+            if removes || summary.operation == iceberg::spec::Operation::Replace {
+                return Ok(None);
+            }
+            let (data, deletes) = added_by(table, s).await?;
+            // Deletes first: they name rows of files committed before this snapshot.
+            let mut by_file: HashMap<String, Vec<u64>> = HashMap::new();
+            for d in &deletes {
+                for (path, pos) in read_position_deletes(file_io, d).await? {
+                    by_file.entry(path).or_default().push(pos);
+                }
+            }
+            for (path, mut positions) in by_file {
+                positions.sort_unstable();
+                positions.dedup();
+                let Some(&file) = self.file_ids.get(path.as_str()) else {
+                    return Ok(None);
+                };
+                let mut k = 0;
+                for b in read_projected(file_io, &path, key_schema, Some(&positions)).await? {
+                    let rows = converter.convert_columns(b.columns())?;
+                    for i in 0..b.num_rows() {
+                        let pos = positions.get(k).copied().unwrap_or(u64::MAX);
+                        if !self.remove(rows.row(i).as_ref(), loc(file, pos)?) {
+                            return Ok(None);
+                        }
+                        k += 1;
+                    }
+                }
+                if k != positions.len() {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{path}: read {k} of {} deleted rows",
+                        positions.len()
+                    )));
+                }
+            }
+            for path in &data {
+                let file = self.file_id(path);
+                let mut pos: u64 = 0;
+                for b in read_projected(file_io, path, key_schema, None).await? {
+                    let rows = converter.convert_columns(b.columns())?;
+                    for i in 0..b.num_rows() {
+                        self.push(rows.row(i).as_ref(), loc(file, pos)?);
+                        pos += 1;
+                    }
+                }
+            }
+        }
+        Ok(Some((self, chain.len())))
+    }
+
+    /// The checkpoint of `table` with the snapshot it describes, if there is one for `key_schema`.
+    async fn load(table: &Table, key_schema: &SchemaRef) -> Result<Option<(Self, i64)>> {
+        if table.metadata().current_snapshot().is_none() {
             return Ok(None);
-        };
+        }
         let path = checkpoint_path(table);
         let file_io = table.file_io();
         let err = |e| LakehouseError::iceberg(&path)(e);
@@ -380,7 +511,7 @@ impl PkIndex {
         let size = input.metadata().await.map_err(err)?.size;
         let reader = input.reader().await.map_err(err)?;
         let mut decoder = arrow::ipc::reader::StreamDecoder::new();
-        let mut index: Option<(PkIndex, usize)> = None;
+        let mut index: Option<(PkIndex, usize, i64)> = None;
         let mut read_rows = 0usize;
         let mut offset = 0u64;
         while offset < size {
@@ -392,14 +523,13 @@ impl PkIndex {
                 if index.is_none()
                     && let Some(schema) = decoder.schema()
                 {
-                    match Self::from_header(schema.metadata(), snapshot.snapshot_id(), key_schema)?
-                    {
+                    match Self::from_header(schema.metadata(), key_schema)? {
                         Some(found) => index = Some(found),
                         None => return Ok(None),
                     }
                 }
                 let Some(batch) = batch else { break };
-                let Some((index, _)) = index.as_mut() else {
+                let Some((index, _, _)) = index.as_mut() else {
                     return Err(LakehouseError::Corrupt(format!(
                         "{path}: rows before the schema"
                     )));
@@ -409,7 +539,7 @@ impl PkIndex {
             }
         }
         decoder.finish()?;
-        let Some((index, rows)) = index else {
+        let Some((index, rows, snapshot)) = index else {
             return Err(LakehouseError::Corrupt(format!("{path}: no schema")));
         };
         if read_rows != rows {
@@ -417,21 +547,22 @@ impl PkIndex {
                 "{path}: {read_rows} rows of the {rows} its header promises"
             )));
         }
-        Ok(Some(index))
+        Ok(Some((index, snapshot)))
     }
 
-    /// An empty index with the file list of a checkpoint header, and the rows it promises;
-    /// `None` when the checkpoint is of another snapshot or key.
+    /// An empty index with the file list of a checkpoint header, the rows it promises and
+    /// the snapshot it describes; `None` when the checkpoint is of another key.
     fn from_header(
         meta: &HashMap<String, String>,
-        snapshot_id: i64,
         key_schema: &SchemaRef,
-    ) -> Result<Option<(Self, usize)>> {
-        if meta.get(META_SNAPSHOT) != Some(&snapshot_id.to_string())
-            || meta.get(META_KEY) != Some(&key_fingerprint(key_schema))
-        {
+    ) -> Result<Option<(Self, usize, i64)>> {
+        if meta.get(META_KEY) != Some(&key_fingerprint(key_schema)) {
             return Ok(None);
         }
+        let snapshot = meta
+            .get(META_SNAPSHOT)
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| LakehouseError::Corrupt("index checkpoint without a snapshot".into()))?;
         let rows = meta
             .get(META_ROWS)
             .and_then(|r| r.parse::<usize>().ok())
@@ -446,7 +577,7 @@ impl PkIndex {
         {
             index.file_id(path);
         }
-        Ok(Some((index, rows)))
+        Ok(Some((index, rows, snapshot)))
     }
 
     /// Adds the rows of one checkpoint batch (key, file number, position).
@@ -544,6 +675,50 @@ impl PkIndex {
         tracing::debug!(table = %table.identifier(), rows = self.len(), "checkpointed primary-key index");
         Ok(())
     }
+}
+
+/// Paths of the data files and position-delete files snapshot `s` added.
+async fn added_by(
+    table: &Table,
+    s: &iceberg::spec::SnapshotRef,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let name = table.identifier().to_string();
+    let list = table
+        .manifest_list_reader(s)
+        .load()
+        .await
+        .map_err(LakehouseError::iceberg(&name))?;
+    let (mut data, mut deletes) = (Vec::new(), Vec::new());
+    for m in list
+        .entries()
+        .iter()
+        .filter(|m| m.added_snapshot_id == s.snapshot_id())
+    {
+        let manifest = m
+            .load_manifest(table.file_io())
+            .await
+            .map_err(LakehouseError::iceberg(&name))?;
+        for e in manifest.entries() {
+            if e.status() != iceberg::spec::ManifestStatus::Added
+                || e.snapshot_id() != Some(s.snapshot_id())
+            {
+                continue;
+            }
+            match e.content_type() {
+                iceberg::spec::DataContentType::Data => data.push(e.file_path().to_string()),
+                iceberg::spec::DataContentType::PositionDeletes => {
+                    deletes.push(e.file_path().to_string())
+                }
+                iceberg::spec::DataContentType::EqualityDeletes => {
+                    return Err(LakehouseError::Corrupt(format!(
+                        "{name}: equality-delete file {}",
+                        e.file_path()
+                    )));
+                }
+            }
+        }
+    }
+    Ok((data, deletes))
 }
 
 /// The columns of the checkpoint batch being collected.

@@ -63,6 +63,8 @@ struct SilverTable {
     names: HashMap<String, i32>,
     /// The index changed since its last checkpoint.
     dirty: bool,
+    /// When the index was last checkpointed (or loaded).
+    checkpointed_at: std::time::Instant,
     /// Pending change rows: the silver columns (in `arrow`'s layout, conformed again as
     /// spilled ones are read back), then `_op` and `_unchanged_cols`.
     pending: Pending,
@@ -208,7 +210,12 @@ pub struct SilverSink {
     memory: crate::MemoryBudget,
     /// Pending batches that went to scratch files, over every commit so far.
     spilled: u64,
+    /// Checkpoint a table's key index after a commit at most this often.
+    checkpoint_every: std::time::Duration,
 }
+
+/// How often, at most, a silver table's key index is checkpointed while ingesting.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl std::fmt::Debug for SilverSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,7 +257,13 @@ impl SilverSink {
             tables: Vec::new(),
             memory: crate::MemoryBudget::default(),
             spilled: 0,
+            checkpoint_every: CHECKPOINT_EVERY,
         })
+    }
+
+    /// Checkpoints each key index after a commit at most every `every` (tests use zero).
+    pub fn set_checkpoint_every(&mut self, every: std::time::Duration) {
+        self.checkpoint_every = every;
     }
 
     /// Keeps each table's pending change rows within `memory` (beyond it they spill).
@@ -378,6 +391,7 @@ impl SilverSink {
         let lsn = at.lsn();
         let catalog = self.catalog.clone();
         let commits = self.commits.clone();
+        let every = self.checkpoint_every;
         let t = self
             .tables
             .get_mut(idx)
@@ -456,11 +470,17 @@ impl SilverSink {
                         t.pending.clear();
                         self.spilled += spilled as u64;
                         t.reset = false;
-                        // Checkpointed at a clean stop only: any later commit makes a
-                        // checkpoint stale, so one written mid-run would not survive a crash.
                         t.dirty = true;
                         if t.evolution.take().is_some() {
                             tracing::info!(table = %t.ident, "silver schema evolved");
+                        }
+                        // Checkpointed now and then, so a restart after a crash replays only
+                        // the snapshots since (PkIndex::open), and at a clean stop. A failed
+                        // checkpoint costs a rebuild later, never data: it is not fatal.
+                        if t.checkpointed_at.elapsed() >= every
+                            && let Err(e) = checkpoint(t).await
+                        {
+                            tracing::warn!(table = %t.ident, error = %e, "could not checkpoint the key index");
                         }
                         tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
                         return Ok(());
@@ -504,9 +524,26 @@ async fn checkpoint(t: &mut SilverTable) -> Result<()> {
     if t.index_stale || !t.pending.is_empty() {
         return Ok(()); // the index does not describe the committed snapshot
     }
+    t.checkpointed_at = std::time::Instant::now();
     t.index.checkpoint(&t.table, &t.key_schema).await?;
     t.dirty = false;
     Ok(())
+}
+
+/// The key index of silver table `table` as an ingester would hold it (loaded from its
+/// checkpoint, else rebuilt): for measuring its memory.
+pub async fn index_of(table: &Table) -> Result<PkIndex> {
+    let ident = table.identifier().clone();
+    let arrow: SchemaRef = Arc::new(
+        iceberg::arrow::schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(LakehouseError::iceberg(&ident))?,
+    );
+    let key = stored_key(table).ok_or_else(|| LakehouseError::SchemaMismatch {
+        table: ident.to_string(),
+        message: "no key columns recorded".into(),
+    })?;
+    let key_cols = key_positions(&ident, &arrow, &key)?;
+    PkIndex::open(table, &Arc::new(arrow.project(&key_cols)?)).await
 }
 
 /// The key columns recorded on `table`, if any.
@@ -573,6 +610,7 @@ impl ChangeSink for SilverSink {
                 index,
                 index_stale: false,
                 dirty: false,
+                checkpointed_at: std::time::Instant::now(),
                 names,
                 pending: Pending::default(),
                 reset,
