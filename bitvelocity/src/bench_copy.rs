@@ -208,6 +208,7 @@ async fn ingest(
     memory: lakehouse::MemoryBudget,
 ) -> Result<Copied> {
     let bar = spinner("bitvelocity ingest (initial copy)")?;
+    let log = tempfile::NamedTempFile::new()?;
     let mut cmd = Command::new(exe);
     cmd.args([
         "ingest",
@@ -228,7 +229,8 @@ async fn ingest(
     ])
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    // A file, not a pipe nobody reads until the end (a full pipe would stall the child).
+    .stderr(Stdio::from(log.reopen()?));
     if let Some(s3) = s3 {
         cmd.envs(s3.env());
     }
@@ -248,11 +250,7 @@ async fn ingest(
     let secs = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
     if !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = std::fs::read_to_string(log.path()).unwrap_or_default();
         bail!("bitvelocity ingest failed ({status}): {err}");
     }
     Ok(Copied {

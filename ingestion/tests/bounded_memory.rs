@@ -21,9 +21,10 @@ INSERT INTO small SELECT g, 'v' || g FROM generate_series(1, 10) g;
 CREATE PUBLICATION p FOR TABLE big, small;
 ";
 
-/// Tiny budgets, so a 20,000-row table takes many pieces and one update of it spills.
+/// The smallest limit (its query pool for silver's rebuild is 16 MiB) with tiny shares, so a
+/// 20,000-row table takes many pieces and one update of it spills.
 fn budget() -> MemoryBudget {
-    MemoryBudget::default()
+    MemoryBudget::new(64 << 20)
         .with_copy_piece_bytes(256 * 1024)
         .with_silver_pending_bytes(256 * 1024)
 }

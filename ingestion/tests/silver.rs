@@ -667,8 +667,11 @@ async fn automatic_maintenance_keeps_storage_bounded_under_updates() {
         counts.iter().all(|&c| c <= 80),
         "storage keeps growing: {counts:?}"
     );
+    // Maintenance every four commits makes the count cycle (57..75, say), so compare the
+    // cycle's tops: the second half of the run may not rise above the first.
+    let top = |c: &[usize]| c.iter().copied().max().unwrap_or(0);
     assert!(
-        counts[11] <= counts[5] + 15,
+        top(&counts[6..]) <= top(&counts[..6]) + 10,
         "storage keeps growing: {counts:?}"
     );
     check_all(&client, dir.path()).await;

@@ -75,8 +75,14 @@ pub enum LakehouseError {
     #[error("corrupt table data: {0}")]
     Corrupt(String),
     /// Silver's scratch file for a transaction larger than its memory budget failed.
-    #[error("silver's scratch file for pending rows: {0}")]
-    Spill(String),
+    #[error("silver's scratch file for pending rows: {op}: {source}")]
+    Spill {
+        /// What was being done (creating, writing, reading back).
+        op: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A silver table is ahead of the bronze change log it is rebuilt from.
     #[error("table {table}: silver is at source position {silver}, ahead of bronze at {bronze}")]
     SilverAhead {

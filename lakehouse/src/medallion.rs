@@ -198,7 +198,7 @@ impl MedallionSink {
         while let Some(batch) = stream.next().await {
             let mut batch = batch?;
             if let Some(copy_lsn) = copy.as_mut() {
-                let n = copy_prefix(&batch, copy_lsn)?;
+                let n = copy_prefix(&name, &batch, copy_lsn)?;
                 if n > 0 {
                     replayed += n as u64;
                     pending += share_of(&batch, n);
@@ -316,12 +316,12 @@ fn share_of(batch: &RecordBatch, rows: usize) -> usize {
 
 /// How many leading rows of `batch` belong to the initial copy: no transaction id, and the
 /// copy's position (`copy_lsn`, taken from the first such row).
-fn copy_prefix(batch: &RecordBatch, copy_lsn: &mut Option<i64>) -> Result<usize> {
+fn copy_prefix(table: &str, batch: &RecordBatch, copy_lsn: &mut Option<i64>) -> Result<usize> {
     let lsn = lsn_column(batch)?;
     let txid = batch
         .column_by_name(crate::schema::TXID_COLUMN)
         .ok_or_else(|| LakehouseError::SchemaMismatch {
-            table: "bronze".into(),
+            table: format!("bronze.{table}"),
             message: format!("change batch without {}", crate::schema::TXID_COLUMN),
         })?;
     let mut n = 0;

@@ -2,10 +2,11 @@
 //!
 //! An update or delete must name the old row as (data file, position) for a position
 //! delete (ADR 0005). The index is a cache of the table: checkpointed next to it (an Arrow
-//! IPC file under `<table>/bitvelocity-index/`, tagged with the snapshot it describes) so a
-//! restart loads it instead of reading every key, and rebuilt from the committed files (key
-//! columns of every live data file minus the positions every live delete file removes)
-//! whenever the checkpoint is missing, unreadable or of another snapshot or key.
+//! IPC stream under `<table>/bitvelocity-index/`, tagged with the snapshot it describes) now
+//! and then and at a clean stop, so a restart loads it and replays only the row deltas
+//! committed since; it is rebuilt from the committed files (key columns of every live data
+//! file minus the positions every live delete file removes) whenever the checkpoint is
+//! missing, unreadable, of another key, or cannot be brought forward (files were rewritten).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,15 +37,19 @@ const NARROW: usize = 16;
 /// table keyed by all its columns where equal rows repeat, several rows in `many`.
 #[derive(Debug)]
 struct Entries<K> {
-    one: HashMap<K, Loc>,
-    many: HashMap<K, Vec<Loc>>,
+    one: HashMap<K, Loc, Hasher>,
+    many: HashMap<K, Vec<Loc>, Hasher>,
 }
+
+/// A fast, randomly seeded hash for the index's maps (keys come from the source: not
+/// attacker-chosen in a way SipHash would defend against better than a random seed).
+pub(crate) type Hasher = foldhash::fast::RandomState;
 
 impl<K> Default for Entries<K> {
     fn default() -> Self {
         Self {
-            one: HashMap::new(),
-            many: HashMap::new(),
+            one: HashMap::default(),
+            many: HashMap::default(),
         }
     }
 }
@@ -105,7 +110,7 @@ impl<K: std::hash::Hash + Eq> Entries<K> {
         let Some(i) = v.iter().position(|l| *l == loc) else {
             return false;
         };
-        v.swap_remove(i);
+        v.remove(i);
         if v.len() == 1 {
             let last = v[0];
             self.many.remove(key);
@@ -115,8 +120,8 @@ impl<K: std::hash::Hash + Eq> Entries<K> {
     }
 
     fn clear(&mut self) {
-        self.one = HashMap::new();
-        self.many = HashMap::new();
+        self.one = HashMap::default();
+        self.many = HashMap::default();
     }
 
     fn iter(&self) -> impl Iterator<Item = (&K, &[Loc])> + Send + '_
@@ -131,8 +136,16 @@ impl<K: std::hash::Hash + Eq> Entries<K> {
 
     /// Bytes of the hash tables (each bucket: key, rows, one control byte) and row lists.
     fn table_bytes(&self) -> usize {
-        let one = self.one.capacity() * (std::mem::size_of::<(K, Loc)>() + 1);
-        let many = self.many.capacity() * (std::mem::size_of::<(K, Vec<Loc>)>() + 1)
+        // `capacity` is 7/8 of the buckets, which are a power of two.
+        let buckets = |cap: usize| {
+            if cap == 0 {
+                0
+            } else {
+                (cap * 8).div_ceil(7).next_power_of_two()
+            }
+        };
+        let one = buckets(self.one.capacity()) * (std::mem::size_of::<(K, Loc)>() + 1);
+        let many = buckets(self.many.capacity()) * (std::mem::size_of::<(K, Vec<Loc>)>() + 1)
             + self
                 .many
                 .values()
@@ -436,16 +449,20 @@ impl PkIndex {
         let file_io = table.file_io();
         let converter = key_converter(key_schema)?;
         for s in &chain {
+            // Only a snapshot known to remove no file adds up: an append, or a row delta
+            // whose summary says so. Anything else (a rewrite, a summary without the counts)
+            // is rebuilt rather than trusted.
             let summary = s.summary();
-            let removes = ["deleted-data-files", "removed-delete-files"]
-                .iter()
-                .any(|k| {
-                    summary
-                        .additional_properties
-                        .get(*k)
-                        .is_some_and(|v| v != "0")
-                });
-            if removes || summary.operation == iceberg::spec::Operation::Replace {
+            let zero =
+                |k: &str| summary.additional_properties.get(k).map(String::as_str) == Some("0");
+            let removes_nothing = match summary.operation {
+                iceberg::spec::Operation::Append => true,
+                iceberg::spec::Operation::Overwrite | iceberg::spec::Operation::Delete => {
+                    zero("deleted-data-files") && zero("removed-delete-files")
+                }
+                iceberg::spec::Operation::Replace => false,
+            };
+            if !removes_nothing {
                 return Ok(None);
             }
             let (data, deletes) = added_by(table, s).await?;
@@ -582,9 +599,19 @@ impl PkIndex {
 
     /// Adds the rows of one checkpoint batch (key, file number, position).
     fn push_batch(&mut self, path: &str, batch: &RecordBatch) -> Result<()> {
-        let keys = batch.column(0).as_binary::<i32>();
-        let files = batch.column(1).as_primitive::<UInt32Type>();
-        let positions = batch.column(2).as_primitive::<UInt32Type>();
+        let bad = || LakehouseError::Corrupt(format!("{path}: not a key index checkpoint"));
+        if batch.num_columns() != 3 {
+            return Err(bad());
+        }
+        let keys = batch.column(0).as_binary_opt::<i32>().ok_or_else(bad)?;
+        let files = batch
+            .column(1)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(bad)?;
+        let positions = batch
+            .column(2)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(bad)?;
         for i in 0..batch.num_rows() {
             let file = files.value(i);
             if file as usize >= self.files.len() {
@@ -811,7 +838,19 @@ mod tests {
                 file: step % 5,
                 pos: step,
             };
-            match rng.random_range(0..4) {
+            match rng.random_range(0..5) {
+                4 => {
+                    // A position delete of one of the key's rows (or of a row it lacks).
+                    let have = model.get(key).cloned().unwrap_or_default();
+                    let target = have.first().copied().unwrap_or(loc);
+                    assert_eq!(index.remove(key, target), !have.is_empty());
+                    if let Some(v) = model.get_mut(key) {
+                        v.retain(|l| *l != target);
+                        if v.is_empty() {
+                            model.remove(key);
+                        }
+                    }
+                }
                 0 => {
                     index.push(key, loc);
                     model.entry(key.to_vec()).or_default().push(loc);

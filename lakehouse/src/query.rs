@@ -68,8 +68,17 @@ async fn open(
     let ctx = match memory_bytes {
         None => SessionContext::new_with_config(config),
         Some(bytes) => {
+            // A fair pool gives every sort partition its share (a greedy one lets the first
+            // starve the rest), few partitions keep the shares large, and the reservation a
+            // sort keeps for its final merge is scaled to the share instead of 10 MB each.
+            let partitions = 2usize;
+            let config = config
+                .with_target_partitions(partitions)
+                .with_sort_spill_reservation_bytes(bytes / (4 * partitions));
             let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-                .with_memory_limit(bytes, 1.0)
+                .with_memory_pool(std::sync::Arc::new(
+                    datafusion::execution::memory_pool::FairSpillPool::new(bytes),
+                ))
                 .build_arc()?;
             SessionContext::new_with_config_rt(config, runtime)
         }

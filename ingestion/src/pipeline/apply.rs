@@ -15,7 +15,8 @@ use crate::source::SourceTable;
 use crate::{IngestError, Result};
 
 impl<S: ChangeSink> Ingester<S> {
-    /// Appends one decoded change to its table's buffer; returns rows added.
+    /// Appends one decoded change to its table's buffer; returns rows added, and the table
+    /// whose buffer is full and must go to the sink now.
     pub(super) async fn apply(
         &mut self,
         client: &tokio_postgres::Client,
@@ -24,22 +25,22 @@ impl<S: ChangeSink> Ingester<S> {
         t: &mut Txn,
         rel: u32,
         change: Change<'_, '_>,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<usize>)> {
         let &i = by_oid
             .get(&rel)
             .ok_or_else(|| IngestError::Protocol(format!("change for unknown relation {rel}")))?;
         let st = &mut states[i];
         if t.final_lsn < st.needed_from {
             self.metrics.skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(0);
+            return Ok((0, None));
         }
         if st.stopped.is_some() {
-            return Ok(0);
+            return Ok((0, None));
         }
         if let Some(relation) = st.relation.take() {
             self.reconcile(client, st, i, &relation).await?;
             if st.stopped.is_some() {
-                return Ok(0);
+                return Ok((0, None));
             }
         }
         if !st.synced {
@@ -99,15 +100,16 @@ impl<S: ChangeSink> Ingester<S> {
         }
         t.seq += 1;
         crash::point("stream.mid_txn");
-        if st.buf.len() >= self.cfg.flush_rows {
-            // Bounded memory: a long transaction reaches the sink in pieces too (the sink
-            // makes nothing visible before the commit, which still comes after its end).
-            self.sink.write(i, st.buf.finish()?).await?;
-        }
         self.metrics
             .changes
             .fetch_add(added as u64, Ordering::Relaxed);
-        Ok(added)
+        if st.buf.len() >= self.cfg.flush_rows {
+            // Bounded memory: a long transaction reaches the sink in pieces too (the sink
+            // makes nothing visible before the commit, which still comes after its end).
+            // The caller hands the batch over, keeping the stream alive meanwhile.
+            return Ok((added, Some(i)));
+        }
+        Ok((added, None))
     }
 
     /// Moves table `i` to the layout a Relation message announced: the rows buffered so far

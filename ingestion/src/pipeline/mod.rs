@@ -534,13 +534,16 @@ impl<S: ChangeSink> Ingester<S> {
                         Message::Type { .. } | Message::Origin | Message::LogicalMessage => {}
                         Message::Insert { rel, new } => {
                             let t = in_txn(&mut txn)?;
-                            pending_rows += self
+                            let (n, full) = self
                                 .apply(client, states, &by_oid, t, rel, Change::Insert(&new))
+                                .await?;
+                            pending_rows += n;
+                            self.hand_over(&mut stream, states, full, confirmed, status_every)
                                 .await?;
                         }
                         Message::Update { rel, old, new } => {
                             let t = in_txn(&mut txn)?;
-                            pending_rows += self
+                            let (n, full) = self
                                 .apply(
                                     client,
                                     states,
@@ -550,18 +553,27 @@ impl<S: ChangeSink> Ingester<S> {
                                     Change::Update(old.as_ref(), &new),
                                 )
                                 .await?;
+                            pending_rows += n;
+                            self.hand_over(&mut stream, states, full, confirmed, status_every)
+                                .await?;
                         }
                         Message::Delete { rel, old } => {
                             let t = in_txn(&mut txn)?;
-                            pending_rows += self
+                            let (n, full) = self
                                 .apply(client, states, &by_oid, t, rel, Change::Delete(&old))
+                                .await?;
+                            pending_rows += n;
+                            self.hand_over(&mut stream, states, full, confirmed, status_every)
                                 .await?;
                         }
                         Message::Truncate { rels } => {
                             let t = in_txn(&mut txn)?;
                             for rel in rels {
-                                pending_rows += self
+                                let (n, full) = self
                                     .apply(client, states, &by_oid, t, rel, Change::Truncate)
+                                    .await?;
+                                pending_rows += n;
+                                self.hand_over(&mut stream, states, full, confirmed, status_every)
                                     .await?;
                             }
                         }
@@ -569,6 +581,22 @@ impl<S: ChangeSink> Ingester<S> {
                 }
             }
         }
+    }
+
+    /// Hands table `full`'s buffer to the sink (a long transaction, mid-way), telling the
+    /// server meanwhile that this client is alive at what is confirmed already.
+    async fn hand_over(
+        &mut self,
+        stream: &mut ReplicationStream,
+        states: &mut [TableState],
+        full: Option<usize>,
+        confirmed: Lsn,
+        period: Duration,
+    ) -> Result<()> {
+        let Some(i) = full else { return Ok(()) };
+        let batch = states[i].buf.finish()?;
+        let at = acked(confirmed, states);
+        keep_alive(stream, at, period, self.sink.write(i, batch)).await
     }
 
     async fn commit_batch(&mut self, states: &mut [TableState], end: Lsn) -> Result<()> {

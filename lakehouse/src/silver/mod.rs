@@ -620,13 +620,22 @@ impl ChangeSink for SilverSink {
     }
 
     async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()> {
+        // One budget for every table's pending rows: what the others hold in memory counts.
+        let others: usize = self
+            .tables
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != table)
+            .map(|(_, t)| t.pending.memory())
+            .sum();
+        let budget = self.memory.silver_pending_bytes().saturating_sub(others);
         let t = self
             .tables
             .get_mut(table)
             .ok_or(LakehouseError::UnknownTable(table))?;
         if batch.num_rows() > 0 {
             let batch = conform_input(&t.ident, &batch, &t.arrow)?;
-            t.pending.push(batch, self.memory.silver_pending_bytes())?;
+            t.pending.push(batch, budget)?;
         }
         Ok(())
     }
@@ -681,7 +690,9 @@ impl ChangeSink for SilverSink {
             let t = &self.tables[idx];
             // A pending schema change alone waits for rows: committing it would move the
             // table's source position past bronze's.
-            if !t.pending.is_empty() || t.reset || mark.contains(&idx) {
+            // A table being copied afresh (`reset`) commits with its copy: its rows or its
+            // mark, never an empty positioned snapshot while bronze has no position yet.
+            if !t.pending.is_empty() || mark.contains(&idx) {
                 self.commit_table(idx, CommitAt::Source(lsn)).await?;
                 crate::crash::point("silver.between_tables");
             }

@@ -55,6 +55,11 @@ impl Pending {
         self.rows
     }
 
+    /// Arrow bytes of the batches held in memory.
+    pub(super) fn memory(&self) -> usize {
+        self.memory
+    }
+
     /// Number of batches written to the scratch file.
     pub(super) fn spilled(&self) -> usize {
         self.slots
@@ -78,26 +83,26 @@ impl Pending {
     }
 
     fn spill(&mut self, batch: &RecordBatch) -> Result<Slot> {
-        let err = |e: std::io::Error| LakehouseError::Spill(e.to_string());
+        let err = |op| move |source| LakehouseError::Spill { op, source };
         if self.scratch.is_none() {
-            self.scratch = Some(tempfile::tempfile().map_err(err)?);
+            self.scratch = Some(tempfile::tempfile().map_err(err("creating"))?);
             tracing::info!(
                 rows = self.rows,
                 "silver's pending rows exceed the memory budget; spilling to a scratch file"
             );
         }
-        let file = self
-            .scratch
-            .as_mut()
-            .ok_or_else(|| LakehouseError::Spill("scratch file vanished while spilling".into()))?;
+        let file = self.scratch.as_mut().ok_or_else(|| {
+            LakehouseError::Corrupt("scratch file vanished while spilling".into())
+        })?;
         let mut bytes = Vec::new();
         {
             let mut w = StreamWriter::try_new(&mut bytes, &batch.schema())?;
             w.write(batch)?;
             w.finish()?;
         }
-        file.seek(SeekFrom::Start(self.end)).map_err(err)?;
-        file.write_all(&bytes).map_err(err)?;
+        file.seek(SeekFrom::Start(self.end))
+            .map_err(err("writing"))?;
+        file.write_all(&bytes).map_err(err("writing"))?;
         let slot = Slot::Spilled {
             offset: self.end,
             len: bytes.len() as u64,
@@ -109,29 +114,31 @@ impl Pending {
 
     /// Batch `b`, read back from the scratch file if it was spilled.
     pub(super) fn get(&self, b: usize) -> Result<RecordBatch> {
-        let err = |e: std::io::Error| LakehouseError::Spill(e.to_string());
         match self.slots.get(b) {
             Some(Slot::Memory(batch)) => Ok(batch.clone()),
             Some(&Slot::Spilled { offset, len, rows }) => {
                 // `&File` reads and seeks: reading back needs no exclusive access.
                 let mut file = self.scratch.as_ref().ok_or_else(|| {
-                    LakehouseError::Spill("spilled rows without a scratch file".into())
+                    LakehouseError::Corrupt("spilled rows without a scratch file".into())
                 })?;
-                file.seek(SeekFrom::Start(offset)).map_err(err)?;
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|source| LakehouseError::Spill {
+                        op: "reading back",
+                        source,
+                    })?;
                 let mut reader = StreamReader::try_new(file.take(len), None)?;
-                let batch = reader
-                    .next()
-                    .transpose()?
-                    .ok_or_else(|| LakehouseError::Spill(format!("spilled batch {b} is empty")))?;
+                let batch = reader.next().transpose()?.ok_or_else(|| {
+                    LakehouseError::Corrupt(format!("spilled batch {b} is empty"))
+                })?;
                 if batch.num_rows() != rows {
-                    return Err(LakehouseError::Spill(format!(
+                    return Err(LakehouseError::Corrupt(format!(
                         "spilled batch {b} read back {} of {rows} rows",
                         batch.num_rows()
                     )));
                 }
                 Ok(batch)
             }
-            None => Err(LakehouseError::Spill(format!(
+            None => Err(LakehouseError::Corrupt(format!(
                 "no pending batch {b} (of {})",
                 self.slots.len()
             ))),

@@ -50,7 +50,7 @@ pub(super) struct Plan {
     /// Committed rows that die (position deletes).
     pub(super) deletes: Vec<Loc>,
     rows: Vec<NewRow>,
-    touched: HashMap<Box<[u8]>, Vec<Cur>>,
+    touched: HashMap<Box<[u8]>, Vec<Cur>, crate::pk_index::Hasher>,
     /// Updates and deletes whose key had no live row (logged; nothing to remove).
     missing: u64,
 }
@@ -72,7 +72,7 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
         truncate: t.reset,
         deletes: Vec::new(),
         rows: Vec::new(),
-        touched: HashMap::new(),
+        touched: HashMap::default(),
         missing: 0,
     };
     let mut base_cleared = t.reset;
