@@ -41,3 +41,20 @@ ensure_venv() {
     fi
     export BITVELOCITY_PYTHON="$BITVELOCITY_VENV/bin/python"
 }
+
+# Keeps the reused build directory from filling the disk: every dependency or feature change
+# leaves the previous test and binary executables (hundreds of MB each) and incremental
+# sessions behind. Keeps the newest executable of each name and incremental state from the
+# last two days; nothing a build still needs goes (a removed one is relinked).
+prune_build_cache() {
+    local deps="$CARGO_TARGET_DIR/release/deps" inc="$CARGO_TARGET_DIR/release/incremental"
+    if [ -d "$deps" ]; then
+        find "$deps" -maxdepth 1 -type f -perm -u+x -regextype posix-extended \
+            -regex '.*/[A-Za-z0-9_]+-[0-9a-f]{16}' -printf '%T@ %f\n' |
+            sort -rn | awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++) print $2 }' |
+            while read -r f; do rm -f "$deps/$f"; done
+    fi
+    if [ -d "$inc" ]; then
+        find "$inc" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} +
+    fi
+}
