@@ -40,6 +40,15 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// Parses a libpq-style URL (`postgres://user:pw@host:port/db`).
     pub fn parse(url: &str) -> Result<Self> {
+        let tls_refused = || {
+            IngestError::InvalidUrl(format!(
+                "{url:?}: TLS (sslmode=require or stricter) is not supported yet; connect over a trusted network or a tunnel with sslmode=disable"
+            ))
+        };
+        // tokio-postgres does not know the verify modes; they demand TLS all the same.
+        if url.to_ascii_lowercase().contains("sslmode=verify") {
+            return Err(tls_refused());
+        }
         let cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| IngestError::InvalidUrl(format!("{url:?}: {e}")))?;
@@ -52,6 +61,14 @@ impl ConnInfo {
             }
             None => "localhost".to_string(),
         };
+        // `prefer` (the default) may fall back to plain TCP, as libpq does; a URL that
+        // demands TLS must not be served without it.
+        if !matches!(
+            cfg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
+        ) {
+            return Err(tls_refused());
+        }
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let user = cfg
             .get_user()
