@@ -68,13 +68,13 @@ async fn open(
     let ctx = match memory_bytes {
         None => SessionContext::new_with_config(config),
         Some(bytes) => {
-            // A fair pool gives every sort partition its share (a greedy one lets the first
-            // starve the rest), few partitions keep the shares large, and the reservation a
-            // sort keeps for its final merge is scaled to the share instead of 10 MB each.
-            let partitions = 2usize;
+            // One partition (no merge of per-partition sorts on top of the sort's own), small
+            // batches (a merge of spilled runs holds one batch per run), and a quarter of the
+            // pool kept back for that merge instead of a fixed 10 MB.
             let config = config
-                .with_target_partitions(partitions)
-                .with_sort_spill_reservation_bytes(bytes / (4 * partitions));
+                .with_target_partitions(1)
+                .with_batch_size(1024)
+                .with_sort_spill_reservation_bytes(bytes / 4);
             let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
                 .with_memory_pool(std::sync::Arc::new(
                     datafusion::execution::memory_pool::FairSpillPool::new(bytes),
