@@ -182,6 +182,15 @@ struct MaintainOpts {
     /// Compact small files of a partition once it has this many.
     #[arg(long, default_value_t = 8)]
     min_small_files: usize,
+    /// Rewrite a data file once at least this fraction of its rows is deleted.
+    #[arg(long, default_value_t = 0.2)]
+    delete_ratio: f64,
+    /// Data a compaction run reads at most, in MiB (the most deleted files first).
+    #[arg(long, default_value_t = 2048)]
+    max_rewrite_mib: u64,
+    /// Merge the delete files left after a compaction once a table has this many.
+    #[arg(long, default_value_t = 32)]
+    max_delete_files: usize,
 }
 
 impl MaintainOpts {
@@ -191,6 +200,9 @@ impl MaintainOpts {
             retain_last: self.retain_last,
             orphan_older_than: Duration::from_secs(self.orphan_older_than_secs),
             min_small_files: self.min_small_files.max(2),
+            delete_ratio: self.delete_ratio.clamp(0.0, 1.0),
+            max_rewrite_bytes: self.max_rewrite_mib.max(1) * 1024 * 1024,
+            max_delete_files: self.max_delete_files.max(2),
             ..Default::default()
         }
     }

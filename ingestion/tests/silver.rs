@@ -292,28 +292,81 @@ async fn the_key_index_survives_a_restart_and_is_rebuilt_when_lost_or_stale() {
         "an older checkpoint was not caught up"
     );
     check_all(&client, dir.path()).await;
-    // After a compaction rewrote files, an older checkpoint cannot be replayed: rebuilt. Orphan
-    // removal leaves the checkpoint alone.
+    // A compaction rewrote files: an older checkpoint is still brought forward across it
+    // (the rewritten files' rows move to the new ones).
     let old = std::fs::read(&checkpoint).unwrap();
     let w = catalog::Warehouse::new(dir.path()).unwrap();
-    let opts = MaintenanceOptions {
+    let maintain = |opts: MaintenanceOptions| {
+        let w = w.clone();
+        async move {
+            maintain_warehouse(
+                w.open_catalog().await.unwrap().as_ref(),
+                &w.commit_path().await.unwrap(),
+                Some("silver.kv"),
+                &opts,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // First only the delete files are merged (no file is deleted enough to rewrite), then
+    // every file with a deleted row is rewritten.
+    let reports = maintain(MaintenanceOptions {
+        delete_ratio: 1.0,
+        max_delete_files: 2,
+        ..MaintenanceOptions::default()
+    })
+    .await;
+    assert!(
+        reports[0].1.delete_files_written == 1 && reports[0].1.delete_files_removed > 1,
+        "delete files not merged: {reports:?}"
+    );
+    std::fs::write(&checkpoint, &old).unwrap();
+    changes!(30);
+    assert!(
+        run_reporting_index(&url, dir.path()).await[0],
+        "a checkpoint was not brought forward across merged deletes"
+    );
+    check_all(&client, dir.path()).await;
+    let old = std::fs::read(&checkpoint).unwrap();
+    let reports = maintain(MaintenanceOptions {
+        delete_ratio: 0.0,
+        ..MaintenanceOptions::default()
+    })
+    .await;
+    assert!(
+        reports[0].1.data_files_rewritten > 0,
+        "nothing compacted: {reports:?}"
+    );
+    std::fs::write(&checkpoint, &old).unwrap();
+    changes!(30);
+    assert!(
+        run_reporting_index(&url, dir.path()).await[0],
+        "a checkpoint was not brought forward across a compaction"
+    );
+    check_all(&client, dir.path()).await;
+    // Once the snapshots after an old checkpoint are expired, it cannot be replayed: rebuilt.
+    // Orphan removal (the compacted files are unreferenced now) leaves the checkpoint alone.
+    let old = std::fs::read(&checkpoint).unwrap();
+    changes!(30);
+    run_reporting_index(&url, dir.path()).await;
+    let reports = maintain(MaintenanceOptions {
+        expire_older_than: Duration::ZERO,
+        retain_last: 1,
         orphan_older_than: Duration::ZERO,
         ..MaintenanceOptions::default()
-    };
-    maintain_warehouse(
-        w.open_catalog().await.unwrap().as_ref(),
-        &w.commit_path().await.unwrap(),
-        None,
-        &opts,
-    )
-    .await
-    .unwrap();
+    })
+    .await;
+    assert!(
+        reports[0].1.snapshots_expired > 0 && reports[0].1.orphans_removed > 0,
+        "{reports:?}"
+    );
     assert!(checkpoint.exists());
     std::fs::write(&checkpoint, &old).unwrap();
     changes!(30);
     assert!(
         !run_reporting_index(&url, dir.path()).await[0],
-        "a checkpoint was replayed across a compaction"
+        "a checkpoint was replayed across expired snapshots"
     );
     check_all(&client, dir.path()).await;
 }
@@ -523,6 +576,8 @@ async fn maintenance_racing_ingest(wh: catalog::Warehouse) {
         let commits = w.commit_path().await.unwrap();
         let opts = MaintenanceOptions {
             min_small_files: 2,
+            // Any deleted row makes a file worth rewriting: the most races to translate.
+            delete_ratio: 0.0,
             expire_older_than: Duration::ZERO,
             retain_last: 3,
             // Files of a commit in flight are younger than this and stay.

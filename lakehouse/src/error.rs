@@ -71,6 +71,27 @@ pub enum LakehouseError {
     /// Building Arrow data failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// No bronze or silver table has the name asked for.
+    #[error("no bronze or silver table named {0}")]
+    NoSuchTable(String),
+    /// A manifest names a partition spec the table's metadata does not hold.
+    #[error("table {table}: partition spec {spec_id} is missing from its metadata")]
+    MissingPartitionSpec {
+        /// The lakehouse table.
+        table: String,
+        /// The spec id named.
+        spec_id: i32,
+    },
+    /// A data file held another number of rows than its manifest (or a writer) says.
+    #[error("{file}: {read} rows read, {expected} expected")]
+    RowCountMismatch {
+        /// The file (or files) read.
+        file: String,
+        /// Rows found.
+        read: u64,
+        /// Rows the metadata promised.
+        expected: u64,
+    },
     /// A stored file or index does not say what the table's metadata promises.
     #[error("corrupt table data: {0}")]
     Corrupt(String),

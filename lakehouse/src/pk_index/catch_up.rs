@@ -1,7 +1,7 @@
 //! Bringing a checkpoint of an older snapshot up to the current one by replaying the row
 //! deltas committed after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use arrow::datatypes::SchemaRef;
 use iceberg::table::Table;
@@ -11,11 +11,25 @@ use crate::files::{read_position_deletes, read_projected};
 use crate::{LakehouseError, Result};
 
 impl PkIndex {
+    /// Brings this index of snapshot `from` of `table` up to the current snapshot (see
+    /// [`Self::catch_up`]), or rebuilds it when that cannot be done.
+    pub async fn advance(self, table: &Table, key_schema: &SchemaRef, from: i64) -> Result<Self> {
+        match self.catch_up(table, key_schema, from).await? {
+            Some((index, replayed)) => {
+                tracing::debug!(table = %table.identifier(), replayed, "key index brought forward");
+                Ok(index)
+            }
+            None => Self::rebuild(table, key_schema).await,
+        }
+    }
+
     /// Brings an index of snapshot `from` of `table` up to the current snapshot by replaying
-    /// the row deltas in between (their position deletes, then their new data files), and
-    /// returns it with the number of snapshots replayed. `None` when one of them removed files
-    /// (a compaction, a TRUNCATE, a restarted copy), the chain back to `from` is gone
-    /// (expired), or a delete names a row the index does not hold: only a rebuild is right then.
+    /// what each snapshot in between changed, and returns it with the number of snapshots
+    /// replayed: the rows of the data files it removed leave the index (a compaction, a
+    /// restarted copy), the rows of its new data files enter it, then its position deletes
+    /// remove the rows they name. `None` when the chain back to `from` is gone (expired), a
+    /// snapshot's summary does not prove which files it removed, or a row delta's delete
+    /// names a row the index does not hold: only a rebuild is right then.
     pub(super) async fn catch_up(
         mut self,
         table: &Table,
@@ -41,55 +55,45 @@ impl PkIndex {
         let file_io = table.file_io();
         let converter = key_converter(key_schema)?;
         for s in &chain {
-            // Only a snapshot known to remove no file adds up: an append, or a row delta
-            // whose summary says so. Anything else (a rewrite, a summary without the counts)
-            // is rebuilt rather than trusted.
+            let changed = changed_by(table, s).await?;
+            // The files a snapshot removed are read from its manifests; its summary must
+            // agree, or the snapshot is not one of ours to trust.
             let summary = s.summary();
-            let zero =
-                |k: &str| summary.additional_properties.get(k).map(String::as_str) == Some("0");
-            let removes_nothing = match summary.operation {
-                iceberg::spec::Operation::Append => true,
-                iceberg::spec::Operation::Overwrite | iceberg::spec::Operation::Delete => {
-                    zero("deleted-data-files") && zero("removed-delete-files")
-                }
-                iceberg::spec::Operation::Replace => false,
+            let removed_count = summary
+                .additional_properties
+                .get("deleted-data-files")
+                .map(|v| v.parse::<usize>().ok());
+            let trusted = match (summary.operation.clone(), removed_count) {
+                (iceberg::spec::Operation::Append, None) => changed.removed.is_empty(),
+                (_, Some(Some(n))) => n == changed.removed.len(),
+                _ => false,
             };
-            if !removes_nothing {
+            if !trusted {
                 return Ok(None);
             }
-            let (data, deletes) = added_by(table, s).await?;
-            // Deletes first: they name rows of files committed before this snapshot.
-            let mut by_file: HashMap<String, Vec<u64>> = HashMap::new();
-            for d in &deletes {
-                for (path, pos) in read_position_deletes(file_io, d).await? {
-                    by_file.entry(path).or_default().push(pos);
-                }
+            // A rewrite restates deletes (translated or merged ones): rows already gone are
+            // fine there. Anywhere else a delete of a row the index lacks means it is wrong.
+            let restates = summary.operation == iceberg::spec::Operation::Replace;
+            // Every indexed file removed (a TRUNCATE, a restarted copy): nothing to read.
+            let removed: HashSet<&str> = changed.removed.iter().map(String::as_str).collect();
+            if !removed.is_empty() && self.file_ids.keys().all(|p| removed.contains(p.as_ref())) {
+                self.clear();
             }
-            for (path, mut positions) in by_file {
-                positions.sort_unstable();
-                positions.dedup();
-                let Some(&file) = self.file_ids.get(path.as_str()) else {
-                    return Ok(None);
+            for path in &changed.removed {
+                let Some(file) = self.forget_file(path) else {
+                    continue;
                 };
-                let mut k = 0;
-                for b in read_projected(file_io, &path, key_schema, Some(&positions)).await? {
+                let mut pos: u64 = 0;
+                for b in read_projected(file_io, path, key_schema, None).await? {
                     let rows = converter.convert_columns(b.columns())?;
                     for i in 0..b.num_rows() {
-                        let pos = positions.get(k).copied().unwrap_or(u64::MAX);
-                        if !self.remove(rows.row(i).as_ref(), loc(file, pos)?) {
-                            return Ok(None);
-                        }
-                        k += 1;
+                        // Rows deleted earlier are not in the index: nothing to remove.
+                        self.remove(rows.row(i).as_ref(), loc(file, pos)?);
+                        pos += 1;
                     }
                 }
-                if k != positions.len() {
-                    return Err(LakehouseError::Corrupt(format!(
-                        "{path}: read {k} of {} deleted rows",
-                        positions.len()
-                    )));
-                }
             }
-            for path in &data {
+            for path in &changed.data {
                 let file = self.file_id(path);
                 let mut pos: u64 = 0;
                 for b in read_projected(file_io, path, key_schema, None).await? {
@@ -100,23 +104,65 @@ impl PkIndex {
                     }
                 }
             }
+            let mut by_file: HashMap<String, Vec<u64>> = HashMap::new();
+            for d in &changed.deletes {
+                for (path, pos) in read_position_deletes(file_io, d).await? {
+                    by_file.entry(path).or_default().push(pos);
+                }
+            }
+            for (path, mut positions) in by_file {
+                positions.sort_unstable();
+                positions.dedup();
+                let Some(&file) = self.file_ids.get(path.as_str()) else {
+                    if restates {
+                        continue; // a merged delete of a file rewritten since
+                    }
+                    return Ok(None);
+                };
+                let mut k = 0;
+                for b in read_projected(file_io, &path, key_schema, Some(&positions)).await? {
+                    let rows = converter.convert_columns(b.columns())?;
+                    for i in 0..b.num_rows() {
+                        let pos = positions.get(k).copied().unwrap_or(u64::MAX);
+                        if !self.remove(rows.row(i).as_ref(), loc(file, pos)?) && !restates {
+                            return Ok(None);
+                        }
+                        k += 1;
+                    }
+                }
+                if k != positions.len() {
+                    return Err(LakehouseError::RowCountMismatch {
+                        file: path,
+                        read: k as u64,
+                        expected: positions.len() as u64,
+                    });
+                }
+            }
         }
         Ok(Some((self, chain.len())))
     }
 }
 
-/// Paths of the data files and position-delete files snapshot `s` added.
-async fn added_by(
-    table: &Table,
-    s: &iceberg::spec::SnapshotRef,
-) -> Result<(Vec<String>, Vec<String>)> {
+/// The files one snapshot changed.
+#[derive(Debug, Default)]
+struct Changed {
+    /// Data files it added.
+    data: Vec<String>,
+    /// Position-delete files it added.
+    deletes: Vec<String>,
+    /// Data files it removed.
+    removed: Vec<String>,
+}
+
+/// What snapshot `s` added and removed, from the manifest entries it wrote.
+async fn changed_by(table: &Table, s: &iceberg::spec::SnapshotRef) -> Result<Changed> {
     let name = table.identifier().to_string();
     let list = table
         .manifest_list_reader(s)
         .load()
         .await
         .map_err(LakehouseError::iceberg(&name))?;
-    let (mut data, mut deletes) = (Vec::new(), Vec::new());
+    let mut out = Changed::default();
     for m in list
         .entries()
         .iter()
@@ -127,16 +173,20 @@ async fn added_by(
             .await
             .map_err(LakehouseError::iceberg(&name))?;
         for e in manifest.entries() {
-            if e.status() != iceberg::spec::ManifestStatus::Added
-                || e.snapshot_id() != Some(s.snapshot_id())
-            {
+            if e.snapshot_id() != Some(s.snapshot_id()) {
                 continue;
             }
+            let added = match e.status() {
+                iceberg::spec::ManifestStatus::Added => true,
+                iceberg::spec::ManifestStatus::Deleted => false,
+                iceberg::spec::ManifestStatus::Existing => continue,
+            };
+            let path = e.file_path().to_string();
             match e.content_type() {
-                iceberg::spec::DataContentType::Data => data.push(e.file_path().to_string()),
-                iceberg::spec::DataContentType::PositionDeletes => {
-                    deletes.push(e.file_path().to_string())
-                }
+                iceberg::spec::DataContentType::Data if added => out.data.push(path),
+                iceberg::spec::DataContentType::Data => out.removed.push(path),
+                iceberg::spec::DataContentType::PositionDeletes if added => out.deletes.push(path),
+                iceberg::spec::DataContentType::PositionDeletes => {}
                 iceberg::spec::DataContentType::EqualityDeletes => {
                     return Err(LakehouseError::Corrupt(format!(
                         "{name}: equality-delete file {}",
@@ -146,5 +196,5 @@ async fn added_by(
             }
         }
     }
-    Ok((data, deletes))
+    Ok(out)
 }

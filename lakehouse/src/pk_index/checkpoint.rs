@@ -145,12 +145,14 @@ impl PkIndex {
                 LakehouseError::Corrupt("index checkpoint without a row count".into())
             })?;
         let mut index = PkIndex::new(key_schema);
-        for path in meta
-            .get(META_FILES)
-            .map(|f| f.split('\n').filter(|p| !p.is_empty()).collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
-            index.file_id(path);
+        // One path per line, by number; an empty line is a file forgotten since (rewritten).
+        let files = meta.get(META_FILES).map(String::as_str).unwrap_or_default();
+        for path in files.split('\n').filter(|_| !files.is_empty()) {
+            if path.is_empty() {
+                index.files.push(Arc::from(""));
+            } else {
+                index.file_id(path);
+            }
         }
         Ok(Some((index, rows, snapshot)))
     }

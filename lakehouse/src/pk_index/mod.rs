@@ -262,6 +262,14 @@ impl PkIndex {
         id
     }
 
+    /// Forgets data file `path` (removed from the table) and returns its number, if known.
+    /// Its number is never reused; rows of it must be removed by the caller.
+    pub fn forget_file(&mut self, path: &str) -> Option<u32> {
+        let id = self.file_ids.remove(path)?;
+        self.files[id as usize] = Arc::from("");
+        Some(id)
+    }
+
     /// The path of data file number `file`.
     pub fn path(&self, file: u32) -> &str {
         &self.files[file as usize]

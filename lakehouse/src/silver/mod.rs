@@ -280,18 +280,25 @@ impl SilverSink {
         Ok(())
     }
 
-    /// Reloads table `idx` after another writer (maintenance) committed, rebuilding its index.
+    /// Reloads table `idx` after another writer (maintenance) committed, bringing its index
+    /// forward across what it changed.
     pub async fn reload(&mut self, idx: usize) -> Result<()> {
         let t = self
             .tables
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?;
+        let described = t.table.metadata().current_snapshot_id();
         t.table = self
             .catalog
             .load_table(&t.ident)
             .await
             .map_err(LakehouseError::iceberg(&t.ident))?;
-        t.index = PkIndex::open(&t.table, &t.key_schema).await?;
+        let index = std::mem::take(&mut t.index);
+        t.index = match (described, t.index_stale) {
+            (_, true) => index, // rebuilt for the new key at the next commit
+            (Some(from), false) => index.advance(&t.table, &t.key_schema, from).await?,
+            (None, false) => PkIndex::open(&t.table, &t.key_schema).await?,
+        };
         Ok(())
     }
 
@@ -499,6 +506,7 @@ impl SilverSink {
                     // Still the base the plan was made on: read its files once per plan.
                     base_files = Some(live_data_paths(&t.table).await?);
                 }
+                let described = t.table.metadata().current_snapshot_id();
                 t.table =
                     crate::bronze::reload_behind(catalog.as_ref(), &t.ident, lsn, planned).await?;
                 let after = live_data_paths(&t.table).await?;
@@ -512,7 +520,12 @@ impl SilverSink {
                         tracing::debug!(path = f.file_path(), error = %e, "could not remove an uncommitted file");
                     }
                 }
-                t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
+                // Brought forward across the rewrite (its files' rows moved), not rebuilt.
+                let index = std::mem::take(&mut t.index);
+                t.index = match described {
+                    Some(from) => index.advance(&t.table, &t.key_schema, from).await?,
+                    None => PkIndex::rebuild(&t.table, &t.key_schema).await?,
+                };
                 continue 'plan;
             }
         }
