@@ -12,7 +12,7 @@ pub mod pg;
 pub mod s3;
 
 pub use error::{DomainError, Result};
-pub use pg::PgCluster;
+pub use pg::{PgCluster, TlsFiles};
 pub use s3::SeaweedFs;
 
 /// Connects a plain (non-replication) client and drives its connection in the background.

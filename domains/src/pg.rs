@@ -46,6 +46,14 @@ impl PgCluster {
     ///
     /// Blocking: call from a blocking context (or `spawn_blocking`); it takes about a second.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Self::start`], and with `tls` the server also accepts TLS (a certificate for
+    /// `localhost` signed by a throw-away CA, see [`Self::tls_files`]), and the role `secure`
+    /// (REPLICATION, LOGIN) may connect over TCP only with TLS. Unix-socket logins are
+    /// allowed for everyone.
+    pub fn start_with(tls: bool) -> Result<Self> {
         let bindir = find_bindir()?;
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new()
@@ -92,6 +100,30 @@ impl PgCluster {
                 .map(|d| d.path().display().to_string())
                 .unwrap_or_default()
         ));
+        if tls {
+            let files = cluster.tls_files();
+            make_certs(&cluster.data, &files)?;
+            if cluster.as_postgres {
+                run(
+                    Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(cluster.data.join("server.crt"))
+                        .arg(cluster.data.join("server.key")),
+                    "chown",
+                )?;
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            // First match wins: `secure` must use TLS over TCP; everyone else may use either.
+            std::fs::write(
+                cluster.data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 local replication all trust\n\
+                 hostnossl all secure 127.0.0.1/32 reject\n\
+                 hostnossl replication secure 127.0.0.1/32 reject\n\
+                 host all all 127.0.0.1/32 trust\n\
+                 host replication all 127.0.0.1/32 trust\n",
+            )?;
+        }
         append(&cluster.data.join("postgresql.conf"), &conf)?;
         // A port can be taken between our probe and the server's bind: retry a few times.
         let mut last = None;
@@ -108,6 +140,21 @@ impl PgCluster {
             }
         }
         Err(last.unwrap_or_else(|| DomainError::Server("could not start postgres".into())))
+    }
+
+    /// The CA that signed the server's certificate, and an unrelated CA (for tests of a
+    /// certificate that must be refused); they exist when the cluster was started with TLS.
+    pub fn tls_files(&self) -> TlsFiles {
+        let dir = self.data.parent().unwrap_or(&self.data);
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            other_ca: dir.join("other-ca.crt"),
+        }
+    }
+
+    /// The directory holding the server's unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.data.parent().unwrap_or(&self.data).to_path_buf()
     }
 
     /// TCP port the server listens on (127.0.0.1).
@@ -234,6 +281,84 @@ impl Drop for PgCluster {
             tracing::warn!(error = %e, "stopping managed postgres");
         }
     }
+}
+
+/// Certificate authorities of a TLS cluster, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed the server certificate (subject alternative name `localhost`).
+    pub ca: PathBuf,
+    /// A CA that signed nothing the server holds.
+    pub other_ca: PathBuf,
+}
+
+/// Writes a CA, a server key and certificate for `localhost` signed by it (into `data`, as
+/// the server wants them), and an unrelated CA, with the `openssl` command.
+fn make_certs(data: &Path, files: &TlsFiles) -> Result<()> {
+    let dir = files.ca.parent().unwrap_or(data);
+    let openssl = |args: &[&str]| {
+        run(
+            Command::new("openssl").current_dir(dir).args(args),
+            "openssl (needed for a TLS test cluster)",
+        )
+    };
+    for (key, crt, cn) in [
+        ("ca.key", "ca.crt", "bitvelocity test CA"),
+        ("other-ca.key", "other-ca.crt", "unrelated CA"),
+    ] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            key,
+            "-out",
+            crt,
+        ])?;
+    }
+    let key = data.join("server.key");
+    let csr = dir.join("server.csr");
+    let crt = data.join("server.crt");
+    let ext = dir.join("server.ext");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost\n")?;
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key.display().to_string(),
+        "-out",
+        &csr.display().to_string(),
+    ])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr.display().to_string(),
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext.display().to_string(),
+        "-out",
+        &crt.display().to_string(),
+    ])?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {

@@ -18,6 +18,32 @@ pub enum IngestError {
         #[source]
         source: std::io::Error,
     },
+    /// The server does not offer TLS and the URL's `sslmode` demands it.
+    #[error("PostgreSQL at {addr} does not offer TLS, and sslmode demands it")]
+    TlsRefused {
+        /// Where.
+        addr: String,
+    },
+    /// The TLS handshake failed (a certificate that does not check out, say).
+    #[error("TLS with PostgreSQL at {addr} failed: {source}")]
+    Tls {
+        /// Where.
+        addr: String,
+        /// The handshake error (rustls's reason inside).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The root certificates `sslrootcert` names could not be used.
+    #[error("root certificates from {path}: {reason}")]
+    RootCert {
+        /// The file (or the system store).
+        path: String,
+        /// Why not.
+        reason: String,
+    },
+    /// rustls refused the TLS settings themselves.
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
     /// The server refused the login or the replication request.
     #[error("PostgreSQL refused the connection: {0}")]
     Auth(String),

@@ -16,6 +16,7 @@ pub mod replication;
 pub mod slot;
 pub mod snapshot;
 pub mod source;
+pub mod transport;
 pub mod value;
 
 pub use error::{IngestError, Result};

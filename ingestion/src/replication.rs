@@ -8,14 +8,13 @@
 //! place (see `pgoutput`). Message framing, startup and SCRAM/MD5 come from
 //! `postgres-protocol`, the codec `tokio-postgres` itself is built on.
 
+use crate::transport::{self, Host, Security, Socket};
+use crate::{IngestError, Lsn, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::{IngestError, Lsn, Result};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -23,9 +22,9 @@ pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 /// Where and as whom to connect, parsed from a `postgres://` URL or key=value string.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
+    /// Host name, address or unix-socket directory.
+    pub host: Host,
+    /// TCP port (also names the unix socket).
     pub port: u16,
     /// Role name.
     pub user: String,
@@ -33,42 +32,25 @@ pub struct ConnInfo {
     pub password: Option<Vec<u8>>,
     /// Database name.
     pub dbname: String,
-    /// The URL as given, for plain `tokio-postgres` connections.
+    /// TLS settings (`sslmode`, `sslrootcert`).
+    pub security: Security,
+    /// The URL for plain `tokio-postgres` sessions (TLS settings it cannot parse taken out).
     pub url: String,
 }
 
 impl ConnInfo {
-    /// Parses a libpq-style URL (`postgres://user:pw@host:port/db`).
+    /// Parses a libpq-style URL (`postgres://user:pw@host:port/db?sslmode=...`) or
+    /// key=value string; a host starting with `/` is a unix-socket directory.
     pub fn parse(url: &str) -> Result<Self> {
-        let tls_refused = || {
-            IngestError::InvalidUrl(format!(
-                "{url:?}: TLS (sslmode=require or stricter) is not supported yet; connect over a trusted network or a tunnel with sslmode=disable"
-            ))
-        };
-        // tokio-postgres does not know the verify modes; they demand TLS all the same.
-        if url.to_ascii_lowercase().contains("sslmode=verify") {
-            return Err(tls_refused());
-        }
-        let cfg: tokio_postgres::Config = url
+        let (cleaned, security) = transport::split_security(url)?;
+        let cfg: tokio_postgres::Config = cleaned
             .parse()
             .map_err(|e: tokio_postgres::Error| IngestError::InvalidUrl(format!("{url:?}: {e}")))?;
         let host = match cfg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(_) => {
-                return Err(IngestError::InvalidUrl(format!(
-                    "{url:?}: only TCP hosts are supported"
-                )));
-            }
-            None => "localhost".to_string(),
+            Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
+            Some(tokio_postgres::config::Host::Unix(dir)) => Host::Unix(dir.clone()),
+            None => Host::Tcp("localhost".to_string()),
         };
-        // `prefer` (the default) may fall back to plain TCP, as libpq does; a URL that
-        // demands TLS must not be served without it.
-        if !matches!(
-            cfg.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Disable | tokio_postgres::config::SslMode::Prefer
-        ) {
-            return Err(tls_refused());
-        }
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let user = cfg
             .get_user()
@@ -78,19 +60,30 @@ impl ConnInfo {
             .get_dbname()
             .map(str::to_string)
             .unwrap_or_else(|| user.clone());
+        // Checked now, so a bad sslrootcert is named before anything connects.
+        if security.wants_tls() && matches!(host, Host::Tcp(_)) {
+            security.client_config()?;
+        }
         Ok(Self {
             host,
             port,
             user,
             password: cfg.get_password().map(<[u8]>::to_vec),
             dbname,
-            url: url.to_string(),
+            security,
+            url: cleaned,
         })
     }
 
-    /// `host:port`, for messages.
+    /// `host:port` (or the socket's path), for messages.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match &self.host {
+            Host::Tcp(h) => format!("{h}:{}", self.port),
+            Host::Unix(dir) => dir
+                .join(format!(".s.PGSQL.{}", self.port))
+                .display()
+                .to_string(),
+        }
     }
 }
 
@@ -103,7 +96,7 @@ enum Frame {
 
 /// A connection in replication mode, before START_REPLICATION.
 pub struct ReplicationConnection {
-    stream: TcpStream,
+    stream: Socket,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
@@ -120,13 +113,7 @@ pub struct CreatedSlot {
 impl ReplicationConnection {
     /// Opens a `replication=database` session with the settings our value parser expects.
     pub async fn connect(info: &ConnInfo) -> Result<Self> {
-        let stream = TcpStream::connect((info.host.as_str(), info.port))
-            .await
-            .map_err(|source| IngestError::Unreachable {
-                addr: info.addr(),
-                source,
-            })?;
-        stream.set_nodelay(true)?;
+        let stream = transport::open(&info.host, info.port, &info.security, &info.addr()).await?;
         let mut conn = Self {
             stream,
             rbuf: BytesMut::with_capacity(1 << 20),

@@ -672,13 +672,47 @@ pub(crate) async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Cli
         .map_err(|e: tokio_postgres::Error| IngestError::InvalidUrl(e.to_string()))?;
     cfg.options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=iso_8601");
     cfg.application_name("bitvelocity");
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "postgres connection ended");
-        }
-    });
+    // Over TCP with TLS wanted, the same rustls checks as the replication session.
+    let client = if info.security.wants_tls() && matches!(info.host, crate::transport::Host::Tcp(_))
+    {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+            info.security.client_config()?.as_ref().clone(),
+        );
+        let (client, conn) = cfg.connect(tls).await.map_err(|e| tls_error(info, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        client
+    } else {
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        client
+    };
     Ok(client)
+}
+
+/// A failed TLS handshake of a regular session named as such (not as a lost connection,
+/// which would be retried).
+fn tls_error(info: &ConnInfo, e: tokio_postgres::Error) -> IngestError {
+    let handshake = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .filter(|io| {
+            io.get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        });
+    match handshake {
+        Some(io) => IngestError::Tls {
+            addr: info.addr(),
+            source: std::io::Error::new(io.kind(), io.to_string()),
+        },
+        None => IngestError::Client(e),
+    }
 }
 
 /// How often to tell the server this client is alive: a quarter of its
