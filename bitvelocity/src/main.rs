@@ -5,6 +5,7 @@ mod bench_copy;
 mod bench_silver;
 mod demo;
 mod inspect;
+mod resync;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,6 +109,17 @@ enum Command {
         maintain_every: u32,
         #[command(flatten)]
         maintenance: MaintainOpts,
+    },
+    /// Copy one source table afresh into bronze and silver while the others keep streaming
+    /// (done by the warehouse's running ingester, or by the next one to start).
+    Resync {
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
+        /// The table: `orders`, `bronze.orders` or `silver.orders`.
+        table: String,
+        /// Wait until an ingester has copied it.
+        #[arg(long)]
+        wait: bool,
     },
     /// Compact, expire snapshots and remove orphan files of bronze and silver tables.
     Maintain {
@@ -364,6 +376,14 @@ async fn main() {
             )
             .await
         }
+        Command::Resync {
+            warehouse,
+            table,
+            wait,
+        } => {
+            init_tracing("warn");
+            resync::resync(&warehouse, &table, wait).await
+        }
         Command::Maintain {
             warehouse,
             table,
@@ -510,6 +530,7 @@ async fn ingest(
     let mut sink = lakehouse::MedallionSink::new(catalog, commits)
         .await?
         .with_leases(wh.catalog_url().leases().await?)
+        .with_requests(wh.catalog_url().requests().await?)
         .with_memory(memory)
         .with_index_checkpoints_every(index_checkpoint_every);
     if let Some(auto) = auto {

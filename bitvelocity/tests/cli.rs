@@ -109,6 +109,22 @@ fn demo_matches_postgres_and_leaves_a_queryable_warehouse() {
     assert!(snaps[1][2] == "append" && snaps.len() > 2, "{history}");
     let e = one_line_error(&["snapshots", "nosuch", "--warehouse", wh.to_str().unwrap()]);
     assert!(e.contains("no table silver.nosuch"), "{e}");
+    // `resync` names what it can re-copy, and records a request for the next ingester.
+    let e = one_line_error(&["resync", "nosuch", "--warehouse", wh.to_str().unwrap()]);
+    assert!(
+        e.contains("no captured table named \"nosuch\"") && e.contains("orders"),
+        "{e}"
+    );
+    let asked = run_ok(&[
+        "resync",
+        "silver.orders",
+        "--warehouse",
+        wh.to_str().unwrap(),
+    ]);
+    assert!(
+        asked.contains("resync of orders requested: no ingester runs"),
+        "{asked}"
+    );
     // The demo empties only a folder it created: its own, yes; any other, never.
     let again = Command::new(bin())
         .args(["demo", "--operations", "50", "--warehouse"])

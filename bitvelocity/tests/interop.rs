@@ -198,6 +198,9 @@ async fn interop(target: Target) {
             "0",
             "--min-small-files",
             "2",
+            // Every file with a deleted row rewritten: no delete file may be left.
+            "--delete-ratio",
+            "0",
         ])
         .output()
         .expect("run maintain");

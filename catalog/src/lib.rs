@@ -11,6 +11,7 @@ pub mod commit;
 mod error;
 pub mod lease;
 pub mod pointer;
+pub mod requests;
 pub mod retry;
 pub mod storage;
 

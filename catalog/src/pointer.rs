@@ -117,6 +117,7 @@ const SCHEMA: &[&str] = &[
         property_value VARCHAR(1000),
         PRIMARY KEY (catalog_name, namespace, property_key))",
     crate::lease::CREATE_LEASES,
+    crate::requests::CREATE_REQUESTS,
 ];
 
 /// Advisory-lock key serializing schema creation on a PostgreSQL catalog.

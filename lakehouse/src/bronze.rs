@@ -236,6 +236,43 @@ impl BronzeSink {
         Ok(())
     }
 
+    /// Commits an empty snapshot marking table `idx` as an unfinished copy (no position),
+    /// so the next `prepare` reports none and the copy's first commit replaces every file.
+    pub async fn restart_copy(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        let mut retry = catalog::Retry::commit_race();
+        loop {
+            let delta = RowDelta {
+                properties: HashMap::from([CommitAt::CopyPiece(0).property()]),
+                ..RowDelta::default()
+            };
+            match self
+                .commits
+                .commit_row_delta(self.catalog.as_ref(), &t.table, delta)
+                .await
+            {
+                Ok(table) => {
+                    tracing::info!(table = %t.ident, "position forgotten: the table is copied afresh");
+                    t.table = table;
+                    t.restart = true;
+                    return Ok(());
+                }
+                // Maintenance committed first: mark on top of it.
+                Err(e) if e.is_retryable() && retry.pause().await => {
+                    t.table = self
+                        .catalog
+                        .load_table(&t.ident)
+                        .await
+                        .map_err(LakehouseError::iceberg(&t.ident))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// The schema table `idx` holds now (including a change its next commit installs).
     pub fn schema(&self, idx: usize) -> Result<iceberg::spec::SchemaRef> {
         Ok(self

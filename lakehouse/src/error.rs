@@ -71,6 +71,12 @@ pub enum LakehouseError {
     /// Building Arrow data failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The sink cannot do what was asked of it.
+    #[error("this sink does not support {what}")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+    },
     /// No bronze or silver table has the name asked for.
     #[error("no bronze or silver table named {0}")]
     NoSuchTable(String),

@@ -35,6 +35,8 @@ pub struct MedallionSink {
     /// The warehouse's leases: automatic orphan removal pauses while `bitvelocity maintain`
     /// holds the maintenance lease (its compaction's files are in flight).
     leases: Option<catalog::lease::Leases>,
+    /// The warehouse's operator requests (`bitvelocity resync`).
+    requests: Option<catalog::requests::Requests>,
     /// Per table: written since the last commit, and commits since its last maintenance.
     written: Vec<bool>,
     since_maintenance: Vec<u32>,
@@ -85,6 +87,7 @@ impl MedallionSink {
             names: Vec::new(),
             auto: None,
             leases: None,
+            requests: None,
             written: Vec::new(),
             since_maintenance: Vec::new(),
             positioned: Vec::new(),
@@ -117,6 +120,12 @@ impl MedallionSink {
     /// Consults the warehouse's leases before removing orphans (see [`Self::maintain`]).
     pub fn with_leases(mut self, leases: catalog::lease::Leases) -> Self {
         self.leases = Some(leases);
+        self
+    }
+
+    /// Answers `bitvelocity resync` requests recorded in the catalog database.
+    pub fn with_requests(mut self, requests: catalog::requests::Requests) -> Self {
+        self.requests = Some(requests);
         self
     }
 
@@ -411,6 +420,37 @@ impl ChangeSink for MedallionSink {
             *s = true;
         }
         self.publish_stopped().await
+    }
+
+    async fn resync_requested(&mut self) -> Result<Vec<usize>> {
+        let Some(requests) = &self.requests else {
+            return Ok(Vec::new());
+        };
+        let pending = requests.pending(catalog::requests::RESYNC).await?;
+        let mut out = Vec::new();
+        for target in pending {
+            match self.names.iter().position(|n| *n == target) {
+                Some(i) => out.push(i),
+                // Not one of this ingester's tables (another publication's): left pending.
+                None => {
+                    tracing::debug!(table = %target, "resync requested for a table this ingester does not capture")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn restart_copy(&mut self, table: usize) -> Result<()> {
+        // Bronze loses its position; `prepare` then resets silver to follow the new copy.
+        self.bronze.restart_copy(table).await
+    }
+
+    async fn resync_done(&mut self, table: usize) -> Result<()> {
+        if let (Some(requests), Some(name)) = (&self.requests, self.names.get(table)) {
+            requests.done(catalog::requests::RESYNC, name).await?;
+            tracing::info!(table = %name, "resync done");
+        }
+        Ok(())
     }
 
     async fn commit_copy_piece(&mut self, table: usize, point: u64) -> Result<()> {

@@ -116,6 +116,29 @@ pub trait ChangeSink: Send {
     async fn commit_copy_piece(&mut self, _table: usize, _point: u64) -> Result<()> {
         Ok(())
     }
+
+    /// Tables (indexes into the `prepare` list) an operator asked to copy afresh from
+    /// their source (`bitvelocity resync`). The capture asks between source transactions;
+    /// a sink without operator requests (the default) has none.
+    async fn resync_requested(&mut self) -> Result<Vec<usize>> {
+        Ok(Vec::new())
+    }
+
+    /// Durably forgets table `table`'s position, so the next `prepare` reports none and the
+    /// capture copies it afresh, that copy's first commit replacing every file (exactly as
+    /// after an interrupted initial copy; the earlier snapshots stay readable by time travel
+    /// until they expire). A crash after this call only repeats the copy.
+    async fn restart_copy(&mut self, table: usize) -> Result<()> {
+        Err(crate::LakehouseError::Unsupported {
+            what: format!("copying table #{table} afresh"),
+        })
+    }
+
+    /// The copy a resync asked for is committed (`commit(point, [table])` returned): the
+    /// request is cleared. A crash before this call only repeats the copy.
+    async fn resync_done(&mut self, _table: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink that drops everything: measures capture and decoding alone (benchmarks).

@@ -36,6 +36,9 @@ use crate::source::{self, SourceTable};
 use crate::{IngestError, Lsn, Result};
 use apply::{Change, in_txn};
 
+/// How often the stream looks for operator requests (`bitvelocity resync`) while idle.
+const REQUEST_POLL: Duration = Duration::from_secs(2);
+
 /// How to capture.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -152,8 +155,12 @@ impl<S: ChangeSink> Ingester<S> {
                 IngestPhase::Copying | IngestPhase::Streaming
             );
             let e = match result {
+                // A resync was asked for: start over at once (it copies the table afresh;
+                // the others resume from their positions).
+                Ok(None) => continue,
+                Ok(Some(report)) => break Ok(report),
                 Err(e) if ever_ran && e.is_retryable() && !*shutdown.borrow() => e,
-                other => break other,
+                Err(e) => break Err(e),
             };
             if self.metrics.commits.load(Ordering::Relaxed) > commits_before {
                 // It made progress: this is a new outage, with a fresh budget.
@@ -188,7 +195,12 @@ impl<S: ChangeSink> Ingester<S> {
         result
     }
 
-    async fn run_inner(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
+    /// One start: discover, copy what has no position, stream. `None` when it stopped to
+    /// answer a resync request (the caller starts over).
+    async fn run_inner(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Option<IngestReport>> {
         let info = ConnInfo::parse(&self.cfg.url)?;
         // The replication login comes first: it gives the clearest error for a bad
         // address, role or database.
@@ -203,7 +215,17 @@ impl<S: ChangeSink> Ingester<S> {
         }
         crash::point("ingest.after_discover");
         let schemas: Vec<_> = tables.iter().map(|t| t.changelog.clone()).collect();
-        let progress = self.sink.prepare(&schemas).await?;
+        let mut progress = self.sink.prepare(&schemas).await?;
+        // Tables an operator asked to re-copy lose their position first, durably: from here
+        // on they are copied like new tables, whatever crashes in between.
+        let resync = self.sink.resync_requested().await?;
+        if !resync.is_empty() {
+            for &i in &resync {
+                tracing::info!(table = %tables[i].qualified(), "resync requested: copying the table afresh");
+                self.sink.restart_copy(i).await?;
+            }
+            progress = self.sink.prepare(&schemas).await?;
+        }
         let target = current_wal_lsn(&client).await?;
 
         self.ensure_slot(&client, &mut repl, &progress).await?;
@@ -243,6 +265,9 @@ impl<S: ChangeSink> Ingester<S> {
             for &i in &missing {
                 states[i].needed_from = point;
             }
+            for &i in &resync {
+                self.sink.resync_done(i).await?;
+            }
         }
         let start = states
             .iter()
@@ -255,13 +280,16 @@ impl<S: ChangeSink> Ingester<S> {
             .await?;
         crash::point("stream.after_start");
         self.metrics.set_phase(IngestPhase::Streaming);
-        let mut report = self
+        let Some(mut report) = self
             .stream(stream, &client, &mut states, target, &mut shutdown)
-            .await?;
+            .await?
+        else {
+            return Ok(None);
+        };
         report.tables = states.len();
         report.stopped = self.metrics.stopped_tables();
         report.snapshot_rows = self.metrics.snapshot_rows.load(Ordering::Relaxed);
-        Ok(report)
+        Ok(Some(report))
     }
 
     async fn ensure_slot(
@@ -378,7 +406,7 @@ impl<S: ChangeSink> Ingester<S> {
         states: &mut [TableState],
         target: Lsn,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<IngestReport> {
+    ) -> Result<Option<IngestReport>> {
         let by_oid: HashMap<u32, usize> = states
             .iter()
             .enumerate()
@@ -395,6 +423,7 @@ impl<S: ChangeSink> Ingester<S> {
         let mut last_status = Instant::now();
         let status_every = status_period(client).await?;
         let mut stopping = false;
+        let mut requests_checked = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -446,7 +475,20 @@ impl<S: ChangeSink> Ingester<S> {
                 report.changes = self.metrics.changes.load(Ordering::Relaxed);
                 report.skipped = self.metrics.skipped.load(Ordering::Relaxed);
                 report.transactions = self.metrics.transactions.load(Ordering::Relaxed);
-                return Ok(report);
+                return Ok(Some(report));
+            }
+            // Between transactions with nothing pending: has an operator asked for a resync?
+            if idle && requests_checked.elapsed() >= REQUEST_POLL {
+                requests_checked = Instant::now();
+                let asked = self.sink.resync_requested().await?;
+                if !asked.is_empty() {
+                    tracing::info!(
+                        tables = asked.len(),
+                        "resync requested: restarting the capture to copy afresh"
+                    );
+                    confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
+                    return Ok(None);
+                }
             }
             if last_status.elapsed() >= status_every {
                 confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
