@@ -63,7 +63,7 @@ pub async fn resync(warehouse: &super::WarehouseArgs, table: &str, wait: bool) -
         .pending(catalog::requests::RESYNC)
         .await?
         .iter()
-        .any(|t| t == name)
+        .any(|(t, _)| t == name)
     {
         if said.elapsed() >= Duration::from_secs(10) {
             said = Instant::now();

@@ -22,16 +22,16 @@ pub(crate) const CREATE_REQUESTS: &str = "CREATE TABLE IF NOT EXISTS bitvelocity
 
 const ADD_QMARK: &str =
     "INSERT INTO bitvelocity_requests (catalog_name, kind, target, requested_by, requested_at)
-    VALUES (?, ?, ?, ?, ?) ON CONFLICT (catalog_name, kind, target) DO NOTHING";
+    VALUES (?, ?, ?, ?, ?) ON CONFLICT (catalog_name, kind, target)
+    DO UPDATE SET requested_by = excluded.requested_by, requested_at = excluded.requested_at";
 const ADD_DOLLAR: &str =
     "INSERT INTO bitvelocity_requests (catalog_name, kind, target, requested_by, requested_at)
-    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (catalog_name, kind, target) DO NOTHING";
-const LIST_QMARK: &str = "SELECT target FROM bitvelocity_requests WHERE catalog_name = ? AND kind = ? ORDER BY requested_at, target";
-const LIST_DOLLAR: &str = "SELECT target FROM bitvelocity_requests WHERE catalog_name = $1 AND kind = $2 ORDER BY requested_at, target";
-const DONE_QMARK: &str =
-    "DELETE FROM bitvelocity_requests WHERE catalog_name = ? AND kind = ? AND target = ?";
-const DONE_DOLLAR: &str =
-    "DELETE FROM bitvelocity_requests WHERE catalog_name = $1 AND kind = $2 AND target = $3";
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (catalog_name, kind, target)
+    DO UPDATE SET requested_by = excluded.requested_by, requested_at = excluded.requested_at";
+const LIST_QMARK: &str = "SELECT target, requested_at FROM bitvelocity_requests WHERE catalog_name = ? AND kind = ? ORDER BY requested_at, target";
+const LIST_DOLLAR: &str = "SELECT target, requested_at FROM bitvelocity_requests WHERE catalog_name = $1 AND kind = $2 ORDER BY requested_at, target";
+const DONE_QMARK: &str = "DELETE FROM bitvelocity_requests WHERE catalog_name = ? AND kind = ? AND target = ? AND requested_at <= ?";
+const DONE_DOLLAR: &str = "DELETE FROM bitvelocity_requests WHERE catalog_name = $1 AND kind = $2 AND target = $3 AND requested_at <= $4";
 
 /// Requests in the catalog database.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ impl Requests {
     }
 
     /// Records a `kind` request for `target` by `by`; asking again while one is pending
-    /// changes nothing.
+    /// moves it to now (so a repeat made while the work runs is answered again).
     pub async fn add(&self, kind: &str, target: &str, by: &str) -> Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -83,9 +83,10 @@ impl Requests {
         .map_err(self.db_err())
     }
 
-    /// The targets of pending `kind` requests, oldest first.
-    pub async fn pending(&self, kind: &str) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = on_db!(
+    /// The pending `kind` requests, oldest first: target and when it was asked
+    /// (milliseconds since the Unix epoch; what [`Self::done`] takes).
+    pub async fn pending(&self, kind: &str) -> Result<Vec<(String, i64)>> {
+        let rows: Vec<(String, i64)> = on_db!(
             &self.db,
             p,
             sql = (LIST_QMARK, LIST_DOLLAR),
@@ -96,11 +97,13 @@ impl Requests {
                 .await
         )
         .map_err(self.db_err())?;
-        Ok(rows.into_iter().map(|(t,)| t).collect())
+        Ok(rows)
     }
 
-    /// Clears the `kind` request for `target`: what it asked for is committed.
-    pub async fn done(&self, kind: &str, target: &str) -> Result<()> {
+    /// Clears the `kind` request for `target` if it was made at or before `asked_at` (as
+    /// [`Self::pending`] said): what it asked for is committed. A request repeated after
+    /// the work began stays, and is answered again.
+    pub async fn done(&self, kind: &str, target: &str, asked_at: i64) -> Result<()> {
         on_db!(
             &self.db,
             p,
@@ -109,6 +112,7 @@ impl Requests {
                 .bind(CATALOG_NAME)
                 .bind(kind)
                 .bind(target)
+                .bind(asked_at)
                 .execute(p)
                 .await
                 .map(|_| ())

@@ -51,6 +51,12 @@ impl ConnInfo {
             Some(tokio_postgres::config::Host::Unix(dir)) => Host::Unix(dir.clone()),
             None => Host::Tcp("localhost".to_string()),
         };
+        // A unix socket never carries TLS (as with libpq): the regular sessions must not ask
+        // for it there either (the server would answer that it has none).
+        let cleaned = match host {
+            Host::Unix(_) => transport::without_tls(&cleaned),
+            Host::Tcp(_) => cleaned,
+        };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         let user = cfg
             .get_user()

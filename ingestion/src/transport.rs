@@ -41,6 +41,7 @@ pub enum SslMode {
 impl SslMode {
     fn parse(v: &str) -> Option<Self> {
         Some(match v {
+            // `allow` (plain text first, TLS if the server insists) is served as `disable`.
             "disable" | "allow" => SslMode::Disable,
             "prefer" => SslMode::Prefer,
             "require" => SslMode::Require,
@@ -136,6 +137,20 @@ pub fn split_security(url: &str) -> Result<(String, Security)> {
         format!("{cleaned} sslmode={wire}")
     };
     Ok((cleaned, security))
+}
+
+/// `url` as [`split_security`] returned it, told never to try TLS (a unix-socket host).
+pub fn without_tls(url: &str) -> String {
+    // split_security appended the only sslmode the URL has, last.
+    match url.rfind("sslmode=") {
+        Some(i) => {
+            let end = url[i..]
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .map_or(url.len(), |e| i + e);
+            format!("{}sslmode=disable{}", &url[..i], &url[end..])
+        }
+        None => url.to_string(),
+    }
 }
 
 fn percent_decode(v: &str) -> String {
@@ -397,14 +412,22 @@ pub async fn open(host: &Host, port: u16, security: &Security, addr: &str) -> Re
     let server_name = ServerName::try_from(name.clone())
         .map_err(|e| IngestError::InvalidUrl(format!("host {name:?}: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(security.client_config()?);
-    let tls = connector
-        .connect(server_name, tcp)
-        .await
-        .map_err(|source| IngestError::Tls {
+    match connector.connect(server_name, tcp).await {
+        Ok(tls) => Ok(Socket::Tls(Box::new(tls))),
+        // `prefer` settles for plain text when TLS cannot be agreed, as libpq does.
+        Err(e) if security.mode == SslMode::Prefer => {
+            tracing::warn!(%addr, error = %e, "TLS handshake failed; sslmode=prefer continues in plain text");
+            let tcp = TcpStream::connect((name.as_str(), port))
+                .await
+                .map_err(unreachable)?;
+            tcp.set_nodelay(true)?;
+            Ok(Socket::Tcp(tcp))
+        }
+        Err(source) => Err(IngestError::Tls {
             addr: addr.to_string(),
             source,
-        })?;
-    Ok(Socket::Tls(Box::new(tls)))
+        }),
+    }
 }
 
 impl AsyncRead for Socket {

@@ -141,7 +141,11 @@ async fn a_unix_socket_host_carries_the_copy_and_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     // libpq's form: the socket directory as the host, percent-encoded in the URL.
     let socket = pg.socket_dir().display().to_string().replace('/', "%2F");
-    let url = format!("postgres://secure@{socket}:{}/tls", pg.port());
+    // sslmode=require does not apply to a unix socket (as with libpq).
+    let url = format!(
+        "postgres://secure@{socket}:{}/tls?sslmode=require",
+        pg.port()
+    );
     ingest_caught_up(&url, "p", dir.path()).await.unwrap();
     client
         .batch_execute("DELETE FROM t WHERE id <= 10")

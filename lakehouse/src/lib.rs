@@ -7,22 +7,21 @@
 //! It builds on the `catalog` crate and must never import ingestion or any
 //! façade.
 
-pub mod bronze;
 pub mod crash;
-pub mod deletes;
 mod error;
-pub mod files;
-pub mod inspect;
+pub mod layout;
 pub mod maintenance;
-pub mod medallion;
 pub mod memory;
 pub mod naming;
-pub mod pk_index;
-pub mod query;
-pub mod scan;
 pub mod schema;
-pub mod silver;
 pub mod sink;
+
+mod read;
+mod table_files;
+mod write;
+pub use read::{inspect, query, scan};
+pub use table_files::{deletes, files, pk_index};
+pub use write::{bronze, medallion, silver};
 
 pub use bronze::BronzeSink;
 /// The retry policy every layer shares (re-exported so capture need not reach the catalog).

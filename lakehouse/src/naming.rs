@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 
-use crate::bronze::{BRONZE_NAMESPACE, SOURCE_TABLE_PROPERTY};
+use crate::layout::{BRONZE_NAMESPACE, SOURCE_TABLE_PROPERTY};
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
 /// The names a source table may take, most readable first.

@@ -41,6 +41,36 @@ impl CommitAt {
     }
 }
 
+/// Commits an empty snapshot marking `table` as an unfinished copy (no position), so the
+/// next `prepare` reports none and the copy's first commit replaces every file; returns the
+/// table after it. Retried on top of a concurrent commit (maintenance).
+pub(crate) async fn mark_copy_restart(
+    catalog: &dyn iceberg::Catalog,
+    commits: &catalog::commit::CommitPath,
+    mut table: iceberg::table::Table,
+) -> Result<iceberg::table::Table> {
+    let mut retry = catalog::Retry::commit_race();
+    loop {
+        let delta = catalog::commit::RowDelta {
+            properties: std::collections::HashMap::from([CommitAt::CopyPiece(0).property()]),
+            ..Default::default()
+        };
+        match commits.commit_row_delta(catalog, &table, delta).await {
+            Ok(t) => {
+                tracing::info!(table = %t.identifier(), "position forgotten: the table is copied afresh");
+                return Ok(t);
+            }
+            Err(e) if e.is_retryable() && retry.pause().await => {
+                table = catalog
+                    .load_table(table.identifier())
+                    .await
+                    .map_err(crate::LakehouseError::iceberg(table.identifier()))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Whether `table`'s newest snapshot is a piece of an initial copy that never finished.
 pub fn interrupted_copy(table: &iceberg::table::Table) -> bool {
     table.metadata().current_snapshot().is_some_and(|s| {

@@ -487,6 +487,9 @@ impl<S: ChangeSink> Ingester<S> {
                         "resync requested: restarting the capture to copy afresh"
                     );
                     confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
+                    // Everything is committed: persist what speeds up the restart (silver's
+                    // key indexes), so the other tables' are not rebuilt.
+                    self.sink.close().await?;
                     return Ok(None);
                 }
             }

@@ -38,22 +38,20 @@ pub async fn compact(
         .map(|(i, f)| (f.file.file_path(), i))
         .collect();
     let mut deleted: HashMap<String, HashSet<u64>> = HashMap::new();
-    let mut delete_rows: Vec<Vec<(String, u64)>> = Vec::with_capacity(live.deletes.len());
     let mut delete_candidates = Vec::with_capacity(live.deletes.len());
     for d in &live.deletes {
         let rows = read_position_deletes(&file_io, d.file.file_path()).await?;
         let mut targets = HashSet::new();
-        for (path, pos) in &rows {
+        for (path, pos) in rows {
             if let Some(&n) = number.get(path.as_str()) {
                 targets.insert(n);
-                deleted.entry(path.clone()).or_default().insert(*pos);
+                deleted.entry(path).or_default().insert(pos);
             }
         }
         delete_candidates.push(DeleteCandidate {
             partition: (d.spec_id, d.file.partition().clone()),
             targets,
         });
-        delete_rows.push(rows);
     }
     let data_candidates: Vec<DataCandidate> = live
         .data
@@ -186,9 +184,11 @@ pub async fn compact(
         let part = merged
             .entry(delete_candidates[d].partition.clone())
             .or_default();
-        for (path, pos) in &delete_rows[d] {
-            if number.contains_key(path.as_str()) && !rewritten.contains(path) {
-                part.push((path.clone(), *pos as i64));
+        // Read again rather than kept from the first pass: only merged files cost memory.
+        for (path, pos) in read_position_deletes(&file_io, live.deletes[d].file.file_path()).await?
+        {
+            if number.contains_key(path.as_str()) && !rewritten.contains(&path) {
+                part.push((path, pos as i64));
             }
         }
     }

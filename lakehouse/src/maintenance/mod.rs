@@ -298,8 +298,8 @@ pub async fn maintain_warehouse(
     let mut out = Vec::new();
     let mut found = false;
     for ns in [
-        crate::bronze::BRONZE_NAMESPACE,
-        crate::silver::SILVER_NAMESPACE,
+        crate::layout::BRONZE_NAMESPACE,
+        crate::layout::SILVER_NAMESPACE,
     ] {
         let ns = catalog::NamespaceIdent::new(ns.to_string());
         if !catalog

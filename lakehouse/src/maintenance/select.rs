@@ -4,8 +4,10 @@
 //! A data file is worth rewriting when enough of it is deleted (every read pays for the
 //! deleted rows and the delete files naming them) or when it is one of many small files of a
 //! partition (every read pays a request and a footer per file). Each run rewrites at most
-//! `max_rewrite_bytes`, the most deleted files first, so its cost is bounded whatever the
-//! table's size; what is left waits for the next run.
+//! `max_rewrite_bytes` of data, the most deleted files first, so the data it reads and
+//! writes is bounded whatever the table's size (what is left waits for the next run); it
+//! still reads every live delete file once, so that part grows with the deletes not yet
+//! compacted away.
 //! A delete file goes when every data file it names is gone or rewritten; when too many
 //! remain, they are merged into one per partition (a cheap rewrite of deletes only).
 

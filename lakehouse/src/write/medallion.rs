@@ -7,6 +7,7 @@
 //! stand at bronze's position before streaming resumes and the capture loop sees one
 //! position per table, exactly as with bronze alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use catalog::Catalog;
 use catalog::commit::CommitPath;
 use futures::StreamExt;
 
-use crate::bronze::BRONZE_NAMESPACE;
+use crate::layout::BRONZE_NAMESPACE;
 use crate::maintenance::{MaintenanceOptions, maintain_table};
 use crate::schema::{LSN_COLUMN, SEQ_COLUMN};
 use crate::sink::{ChangeSink, CommitAt, TableProgress};
@@ -37,6 +38,8 @@ pub struct MedallionSink {
     leases: Option<catalog::lease::Leases>,
     /// The warehouse's operator requests (`bitvelocity resync`).
     requests: Option<catalog::requests::Requests>,
+    /// When each table's pending resync was asked (as last read), to clear only that one.
+    resync_asked: HashMap<usize, i64>,
     /// Per table: written since the last commit, and commits since its last maintenance.
     written: Vec<bool>,
     since_maintenance: Vec<u32>,
@@ -48,16 +51,7 @@ pub struct MedallionSink {
     memory: crate::MemoryBudget,
 }
 
-/// Silver namespace property: the silver tables whose capture stopped (comma separated);
-/// consistent reads leave them out rather than show them at an older position.
-pub const STOPPED_TABLES_PROPERTY: &str = "bitvelocity.stopped-tables";
-
-/// Silver namespace property: a source position at which every silver table is complete.
-///
-/// Advanced after every silver table of a batch is committed (and only once every table
-/// has been copied), so reading each table at its newest snapshot whose source position
-/// is at or below it shows all tables at one instant of the source.
-pub const CONSISTENT_LSN_PROPERTY: &str = "bitvelocity.consistent-lsn";
+pub use crate::layout::{CONSISTENT_LSN_PROPERTY, STOPPED_TABLES_PROPERTY};
 
 /// Maintenance the ingest loop runs by itself, between commits.
 #[derive(Debug, Clone)]
@@ -88,6 +82,7 @@ impl MedallionSink {
             auto: None,
             leases: None,
             requests: None,
+            resync_asked: HashMap::new(),
             written: Vec::new(),
             since_maintenance: Vec::new(),
             positioned: Vec::new(),
@@ -295,20 +290,7 @@ pub async fn stopped_tables(catalog: &dyn Catalog) -> Result<Vec<String>> {
         .get_namespace(&ns)
         .await
         .map_err(LakehouseError::iceberg(&"namespace silver"))?;
-    Ok(parse_stopped(namespace.properties()))
-}
-
-/// The stopped tables recorded in the `silver` namespace's properties.
-pub(crate) fn parse_stopped(props: &std::collections::HashMap<String, String>) -> Vec<String> {
-    props
-        .get(STOPPED_TABLES_PROPERTY)
-        .map(|v| {
-            v.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+    Ok(crate::layout::parse_stopped(namespace.properties()))
 }
 
 fn lsn_column(batch: &RecordBatch) -> Result<&[i64]> {
@@ -428,9 +410,12 @@ impl ChangeSink for MedallionSink {
         };
         let pending = requests.pending(catalog::requests::RESYNC).await?;
         let mut out = Vec::new();
-        for target in pending {
+        for (target, asked_at) in pending {
             match self.names.iter().position(|n| *n == target) {
-                Some(i) => out.push(i),
+                Some(i) => {
+                    self.resync_asked.insert(i, asked_at);
+                    out.push(i);
+                }
                 // Not one of this ingester's tables (another publication's): left pending.
                 None => {
                     tracing::debug!(table = %target, "resync requested for a table this ingester does not capture")
@@ -441,13 +426,23 @@ impl ChangeSink for MedallionSink {
     }
 
     async fn restart_copy(&mut self, table: usize) -> Result<()> {
-        // Bronze loses its position; `prepare` then resets silver to follow the new copy.
+        // Silver first: once bronze holds the new copy, silver must never be caught up
+        // from it on top of its old rows (a crash between bronze's and silver's commit of
+        // the copy). Marked, silver starts over (replacing its files) whatever comes next.
+        self.silver.restart_copy(table).await?;
+        crate::crash::point("medallion.between_restart_marks");
         self.bronze.restart_copy(table).await
     }
 
     async fn resync_done(&mut self, table: usize) -> Result<()> {
-        if let (Some(requests), Some(name)) = (&self.requests, self.names.get(table)) {
-            requests.done(catalog::requests::RESYNC, name).await?;
+        if let (Some(requests), Some(name), Some(asked_at)) = (
+            &self.requests,
+            self.names.get(table),
+            self.resync_asked.remove(&table),
+        ) {
+            requests
+                .done(catalog::requests::RESYNC, name, asked_at)
+                .await?;
             tracing::info!(table = %name, "resync done");
         }
         Ok(())

@@ -34,8 +34,7 @@ mod plan;
 use pending::Pending;
 use plan::{apply_to_index, plan, write_new_rows};
 
-/// Namespace of the current-state tables.
-pub const SILVER_NAMESPACE: &str = "silver";
+pub use crate::layout::SILVER_NAMESPACE;
 
 /// Rows per output batch when assembling new row versions.
 const OUTPUT_BATCH_ROWS: usize = 64 * 1024;
@@ -277,6 +276,20 @@ impl SilverSink {
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?
             .reset = true;
+        Ok(())
+    }
+
+    /// Marks table `idx` as an unfinished copy (no position): it starts over with the next
+    /// copy, whatever bronze says (see [`crate::MedallionSink`]'s `restart_copy`).
+    pub async fn restart_copy(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get_mut(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        t.table =
+            crate::sink::mark_copy_restart(self.catalog.as_ref(), &self.commits, t.table.clone())
+                .await?;
+        t.reset = true;
         Ok(())
     }
 

@@ -14,12 +14,18 @@ impl PkIndex {
     /// Brings this index of snapshot `from` of `table` up to the current snapshot (see
     /// [`Self::catch_up`]), or rebuilds it when that cannot be done.
     pub async fn advance(self, table: &Table, key_schema: &SchemaRef, from: i64) -> Result<Self> {
-        match self.catch_up(table, key_schema, from).await? {
-            Some((index, replayed)) => {
+        match self.catch_up(table, key_schema, from).await {
+            Ok(Some((index, replayed))) => {
                 tracing::debug!(table = %table.identifier(), replayed, "key index brought forward");
                 Ok(index)
             }
-            None => Self::rebuild(table, key_schema).await,
+            Ok(None) => Self::rebuild(table, key_schema).await,
+            // A file of the chain gone meanwhile (expired and swept), say: the index is a
+            // cache, rebuilt from what is live now.
+            Err(e) => {
+                tracing::warn!(table = %table.identifier(), error = %e, "could not bring the key index forward; rebuilding it");
+                Self::rebuild(table, key_schema).await
+            }
         }
     }
 
@@ -113,8 +119,11 @@ impl PkIndex {
             for (path, mut positions) in by_file {
                 positions.sort_unstable();
                 positions.dedup();
+                // A rewrite's deletes of its own new files must hit; only restated deletes
+                // of older files may miss.
+                let restated = restates && !changed.data.contains(&path);
                 let Some(&file) = self.file_ids.get(path.as_str()) else {
-                    if restates {
+                    if restated {
                         continue; // a merged delete of a file rewritten since
                     }
                     return Ok(None);
@@ -124,7 +133,7 @@ impl PkIndex {
                     let rows = converter.convert_columns(b.columns())?;
                     for i in 0..b.num_rows() {
                         let pos = positions.get(k).copied().unwrap_or(u64::MAX);
-                        if !self.remove(rows.row(i).as_ref(), loc(file, pos)?) && !restates {
+                        if !self.remove(rows.row(i).as_ref(), loc(file, pos)?) && !restated {
                             return Ok(None);
                         }
                         k += 1;

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use iceberg::spec::Snapshot;
 use iceberg::{Catalog, NamespaceIdent, TableIdent};
 
-use crate::bronze::{BRONZE_NAMESPACE, SOURCE_TABLE_PROPERTY};
+use crate::layout::SILVER_NAMESPACE;
+use crate::layout::{BRONZE_NAMESPACE, SOURCE_TABLE_PROPERTY};
 use crate::maintenance::MAINTENANCE_PROPERTY;
-use crate::silver::SILVER_NAMESPACE;
 use crate::sink::SOURCE_LSN_PROPERTY;
 use crate::{LakehouseError, Result};
 

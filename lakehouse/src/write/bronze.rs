@@ -23,12 +23,7 @@ use crate::schema::{
 use crate::sink::{ChangeSink, CommitAt, SOURCE_LSN_PROPERTY, TableProgress, interrupted_copy};
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
-/// Namespace of the change-log tables.
-pub const BRONZE_NAMESPACE: &str = "bronze";
-/// Table property naming the source table (`schema.table`).
-pub const SOURCE_TABLE_PROPERTY: &str = "bitvelocity.source-table";
-/// Table property listing the key columns (comma separated) used to replay the log.
-pub const KEY_COLUMNS_PROPERTY: &str = "bitvelocity.key-columns";
+pub use crate::layout::{BRONZE_NAMESPACE, KEY_COLUMNS_PROPERTY, SOURCE_TABLE_PROPERTY};
 
 type Writer = FanoutWriter<DataWriterBuilder>;
 
@@ -236,41 +231,18 @@ impl BronzeSink {
         Ok(())
     }
 
-    /// Commits an empty snapshot marking table `idx` as an unfinished copy (no position),
-    /// so the next `prepare` reports none and the copy's first commit replaces every file.
+    /// Marks table `idx` as an unfinished copy (no position), so the next `prepare` reports
+    /// none and the copy's first commit replaces every file.
     pub async fn restart_copy(&mut self, idx: usize) -> Result<()> {
         let t = self
             .tables
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?;
-        let mut retry = catalog::Retry::commit_race();
-        loop {
-            let delta = RowDelta {
-                properties: HashMap::from([CommitAt::CopyPiece(0).property()]),
-                ..RowDelta::default()
-            };
-            match self
-                .commits
-                .commit_row_delta(self.catalog.as_ref(), &t.table, delta)
-                .await
-            {
-                Ok(table) => {
-                    tracing::info!(table = %t.ident, "position forgotten: the table is copied afresh");
-                    t.table = table;
-                    t.restart = true;
-                    return Ok(());
-                }
-                // Maintenance committed first: mark on top of it.
-                Err(e) if e.is_retryable() && retry.pause().await => {
-                    t.table = self
-                        .catalog
-                        .load_table(&t.ident)
-                        .await
-                        .map_err(LakehouseError::iceberg(&t.ident))?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        t.table =
+            crate::sink::mark_copy_restart(self.catalog.as_ref(), &self.commits, t.table.clone())
+                .await?;
+        t.restart = true;
+        Ok(())
     }
 
     /// The schema table `idx` holds now (including a change its next commit installs).

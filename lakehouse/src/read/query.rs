@@ -20,9 +20,7 @@ use iceberg_datafusion::IcebergCatalogProvider;
 
 use crate::scan::ParallelTable;
 
-use crate::bronze::BRONZE_NAMESPACE;
-use crate::medallion::CONSISTENT_LSN_PROPERTY;
-use crate::silver::SILVER_NAMESPACE;
+use crate::layout::{BRONZE_NAMESPACE, CONSISTENT_LSN_PROPERTY, SILVER_NAMESPACE};
 use crate::sink::SOURCE_LSN_PROPERTY;
 use crate::{LakehouseError, Result};
 
@@ -184,7 +182,7 @@ async fn read_watermark(catalog: &dyn Catalog) -> Result<(Option<u64>, Vec<Strin
     let lsn = props
         .get(CONSISTENT_LSN_PROPERTY)
         .and_then(|v| v.parse::<u64>().ok());
-    Ok((lsn, crate::medallion::parse_stopped(&props)))
+    Ok((lsn, crate::layout::parse_stopped(&props)))
 }
 
 /// Every bronze and silver table, loaded once, by `namespace.table`.

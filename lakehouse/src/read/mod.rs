@@ -1,0 +1,6 @@
+//! Reading: the parallel scan of a table (deletes applied), SQL over the catalog (time travel,
+//! consistent reads), and the metadata-only views of tables and snapshots.
+
+pub mod inspect;
+pub mod query;
+pub mod scan;
