@@ -98,9 +98,37 @@ pub enum LakehouseError {
         /// Rows the metadata promised.
         expected: u64,
     },
-    /// A stored file or index does not say what the table's metadata promises.
-    #[error("corrupt table data: {0}")]
-    Corrupt(String),
+    /// A table holds an equality-delete file (written by another engine): BitVelocity
+    /// writes and reads position deletes only.
+    #[error(
+        "table {table}: equality-delete file {file} (BitVelocity writes position deletes only)"
+    )]
+    EqualityDeletes {
+        /// The lakehouse table.
+        table: String,
+        /// The file.
+        file: String,
+    },
+    /// A data or delete file does not hold what its metadata promises, or was asked for rows
+    /// it does not have.
+    #[error("bad data file: {0}")]
+    BadDataFile(String),
+    /// A key-index checkpoint cannot be read as one (it is then rebuilt from the table).
+    #[error("unusable key index checkpoint: {0}")]
+    BadIndexCheckpoint(String),
+    /// A row position beyond what the key index stores (files hold fewer than 2^32 rows).
+    #[error("row position {0} beyond 2^32")]
+    PositionOverflow(u64),
+    /// Silver's scratch file lost rows it had spilled.
+    #[error("silver's scratch file: {0}")]
+    ScratchLost(String),
+    /// Silver's planning found its own bookkeeping inconsistent (a bug, reported rather than
+    /// committed).
+    #[error("silver planning invariant broken: {0}")]
+    PlanInvariant(String),
+    /// A bronze batch lacks a column every change row has.
+    #[error("bronze batch without its {0} column")]
+    MissingColumn(&'static str),
     /// Silver's scratch file for a transaction larger than its memory budget failed.
     #[error("silver's scratch file for pending rows: {op}: {source}")]
     Spill {

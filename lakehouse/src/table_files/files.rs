@@ -91,7 +91,7 @@ pub async fn read_projected(
             .map(|(f, w)| match w {
                 Some(root) => {
                     let k = roots.binary_search(root).map_err(|_| {
-                        LakehouseError::Corrupt(format!("{path}: projected column lost"))
+                        LakehouseError::BadDataFile(format!("{path}: projected column lost"))
                     })?;
                     conform(batch.column(k).clone(), f.data_type())
                 }
@@ -121,14 +121,14 @@ fn selection(positions: &[u64], total: usize) -> Result<RowSelection> {
             start = p;
             end = p + 1;
         } else {
-            return Err(LakehouseError::Corrupt(format!(
+            return Err(LakehouseError::BadDataFile(format!(
                 "row positions not ascending at {p}"
             )));
         }
     }
     ranges.push(start..end);
     if end > total {
-        return Err(LakehouseError::Corrupt(format!(
+        return Err(LakehouseError::BadDataFile(format!(
             "row position {} beyond the file's {total} rows",
             end - 1
         )));
@@ -140,7 +140,7 @@ fn selection(positions: &[u64], total: usize) -> Result<RowSelection> {
 }
 
 fn parquet_err(path: &str, e: parquet::errors::ParquetError) -> LakehouseError {
-    LakehouseError::Corrupt(format!("{path}: {e}"))
+    LakehouseError::BadDataFile(format!("{path}: {e}"))
 }
 
 /// An Arrow schema with only the fields of `schema` at `indices`.
@@ -196,10 +196,10 @@ pub async fn live_files(table: &iceberg::table::Table) -> Result<LiveFiles> {
                 iceberg::spec::DataContentType::Data => out.data.push(live),
                 iceberg::spec::DataContentType::PositionDeletes => out.deletes.push(live),
                 iceberg::spec::DataContentType::EqualityDeletes => {
-                    return Err(LakehouseError::Corrupt(format!(
-                        "{name}: equality-delete file {} (BitVelocity writes position deletes only)",
-                        e.file_path()
-                    )));
+                    return Err(LakehouseError::EqualityDeletes {
+                        table: name.to_string(),
+                        file: e.file_path().to_string(),
+                    });
                 }
             }
         }

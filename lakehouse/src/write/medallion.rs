@@ -296,7 +296,7 @@ pub async fn stopped_tables(catalog: &dyn Catalog) -> Result<Vec<String>> {
 fn lsn_column(batch: &RecordBatch) -> Result<&[i64]> {
     let col = batch
         .column_by_name(LSN_COLUMN)
-        .ok_or_else(|| LakehouseError::Corrupt(format!("bronze batch without {LSN_COLUMN}")))?;
+        .ok_or(LakehouseError::MissingColumn(LSN_COLUMN))?;
     Ok(col.as_primitive::<Int64Type>().values())
 }
 

@@ -197,10 +197,10 @@ async fn changed_by(table: &Table, s: &iceberg::spec::SnapshotRef) -> Result<Cha
                 iceberg::spec::DataContentType::PositionDeletes if added => out.deletes.push(path),
                 iceberg::spec::DataContentType::PositionDeletes => {}
                 iceberg::spec::DataContentType::EqualityDeletes => {
-                    return Err(LakehouseError::Corrupt(format!(
-                        "{name}: equality-delete file {}",
-                        e.file_path()
-                    )));
+                    return Err(LakehouseError::EqualityDeletes {
+                        table: name.to_string(),
+                        file: e.file_path().to_string(),
+                    });
                 }
             }
         }

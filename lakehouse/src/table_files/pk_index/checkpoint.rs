@@ -105,7 +105,7 @@ impl PkIndex {
                 }
                 let Some(batch) = batch else { break };
                 let Some((index, _, _)) = index.as_mut() else {
-                    return Err(LakehouseError::Corrupt(format!(
+                    return Err(LakehouseError::BadIndexCheckpoint(format!(
                         "{path}: rows before the schema"
                     )));
                 };
@@ -115,10 +115,12 @@ impl PkIndex {
         }
         decoder.finish()?;
         let Some((index, rows, snapshot)) = index else {
-            return Err(LakehouseError::Corrupt(format!("{path}: no schema")));
+            return Err(LakehouseError::BadIndexCheckpoint(format!(
+                "{path}: no schema"
+            )));
         };
         if read_rows != rows {
-            return Err(LakehouseError::Corrupt(format!(
+            return Err(LakehouseError::BadIndexCheckpoint(format!(
                 "{path}: {read_rows} rows of the {rows} its header promises"
             )));
         }
@@ -137,12 +139,14 @@ impl PkIndex {
         let snapshot = meta
             .get(META_SNAPSHOT)
             .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| LakehouseError::Corrupt("index checkpoint without a snapshot".into()))?;
+            .ok_or_else(|| {
+                LakehouseError::BadIndexCheckpoint("index checkpoint without a snapshot".into())
+            })?;
         let rows = meta
             .get(META_ROWS)
             .and_then(|r| r.parse::<usize>().ok())
             .ok_or_else(|| {
-                LakehouseError::Corrupt("index checkpoint without a row count".into())
+                LakehouseError::BadIndexCheckpoint("index checkpoint without a row count".into())
             })?;
         let mut index = PkIndex::new(key_schema);
         // One path per line, by number; an empty line is a file forgotten since (rewritten).
@@ -159,7 +163,8 @@ impl PkIndex {
 
     /// Adds the rows of one checkpoint batch (key, file number, position).
     fn push_batch(&mut self, path: &str, batch: &RecordBatch) -> Result<()> {
-        let bad = || LakehouseError::Corrupt(format!("{path}: not a key index checkpoint"));
+        let bad =
+            || LakehouseError::BadIndexCheckpoint(format!("{path}: not a key index checkpoint"));
         if batch.num_columns() != 3 {
             return Err(bad());
         }
@@ -175,7 +180,7 @@ impl PkIndex {
         for i in 0..batch.num_rows() {
             let file = files.value(i);
             if file as usize >= self.files.len() {
-                return Err(LakehouseError::Corrupt(format!(
+                return Err(LakehouseError::BadIndexCheckpoint(format!(
                     "{path}: file number {file} beyond its file list"
                 )));
             }

@@ -373,8 +373,7 @@ impl PkIndex {
 
 /// A row position as stored in the index (files hold fewer than 2^32 rows).
 pub fn loc(file: u32, pos: u64) -> Result<Loc> {
-    let pos = u32::try_from(pos)
-        .map_err(|_| LakehouseError::Corrupt(format!("row position {pos} beyond 2^32")))?;
+    let pos = u32::try_from(pos).map_err(|_| LakehouseError::PositionOverflow(pos))?;
     Ok(Loc { file, pos })
 }
 

@@ -92,7 +92,7 @@ impl Pending {
             );
         }
         let file = self.scratch.as_mut().ok_or_else(|| {
-            LakehouseError::Corrupt("scratch file vanished while spilling".into())
+            LakehouseError::ScratchLost("scratch file vanished while spilling".into())
         })?;
         let mut bytes = Vec::new();
         {
@@ -119,7 +119,7 @@ impl Pending {
             Some(&Slot::Spilled { offset, len, rows }) => {
                 // `&File` reads and seeks: reading back needs no exclusive access.
                 let mut file = self.scratch.as_ref().ok_or_else(|| {
-                    LakehouseError::Corrupt("spilled rows without a scratch file".into())
+                    LakehouseError::ScratchLost("spilled rows without a scratch file".into())
                 })?;
                 file.seek(SeekFrom::Start(offset))
                     .map_err(|source| LakehouseError::Spill {
@@ -128,17 +128,17 @@ impl Pending {
                     })?;
                 let mut reader = StreamReader::try_new(file.take(len), None)?;
                 let batch = reader.next().transpose()?.ok_or_else(|| {
-                    LakehouseError::Corrupt(format!("spilled batch {b} is empty"))
+                    LakehouseError::ScratchLost(format!("spilled batch {b} is empty"))
                 })?;
                 if batch.num_rows() != rows {
-                    return Err(LakehouseError::Corrupt(format!(
+                    return Err(LakehouseError::ScratchLost(format!(
                         "spilled batch {b} read back {} of {rows} rows",
                         batch.num_rows()
                     )));
                 }
                 Ok(batch)
             }
-            None => Err(LakehouseError::Corrupt(format!(
+            None => Err(LakehouseError::ScratchLost(format!(
                 "no pending batch {b} (of {})",
                 self.slots.len()
             ))),

@@ -124,10 +124,9 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
                 };
                 p.touched.insert(key.as_ref().into(), base);
             }
-            let curs = p
-                .touched
-                .get_mut(key.as_ref())
-                .ok_or_else(|| LakehouseError::Corrupt("key vanished while planning".into()))?;
+            let curs = p.touched.get_mut(key.as_ref()).ok_or_else(|| {
+                LakehouseError::PlanInvariant("key vanished while planning".into())
+            })?;
             let kill = |cur: Cur, rows: &mut Vec<NewRow>, deletes: &mut Vec<Loc>| match cur {
                 Cur::Pending(i) => rows[i as usize].alive = false,
                 Cur::Committed(l) => deletes.push(l),
@@ -217,7 +216,7 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
                     }
                 }
                 other => {
-                    return Err(LakehouseError::Corrupt(format!(
+                    return Err(LakehouseError::PlanInvariant(format!(
                         "{}: unknown change kind {other:?}",
                         t.ident
                     )));
@@ -259,7 +258,7 @@ pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<D
         .map_err(LakehouseError::iceberg(&ident))?;
     let written: u64 = files.iter().map(|f| f.record_count()).sum();
     if written != rows {
-        return Err(LakehouseError::Corrupt(format!(
+        return Err(LakehouseError::PlanInvariant(format!(
             "{ident}: wrote {rows} rows but the files hold {written}"
         )));
     }
@@ -305,7 +304,7 @@ async fn assemble(t: &SilverTable, chunk: &[&NewRow]) -> Result<RecordBatch> {
         let batches = read_projected(t.table.file_io(), path, &t.arrow, Some(&pos64)).await?;
         let batch = concat_batches(&t.arrow, &batches)?;
         if batch.num_rows() != positions.len() {
-            return Err(LakehouseError::Corrupt(format!(
+            return Err(LakehouseError::PlanInvariant(format!(
                 "{path}: read {} of {} rows",
                 batch.num_rows(),
                 positions.len()
@@ -330,12 +329,13 @@ async fn assemble(t: &SilverTable, chunk: &[&NewRow]) -> Result<RecordBatch> {
         let indices: Vec<(usize, usize)> = chunk
             .iter()
             .map(|r| match r.source_of(c) {
-                ColSrc::Input(b, row) => input_at
-                    .get(&b)
-                    .map(|&i| (i, row as usize))
-                    .ok_or_else(|| LakehouseError::Corrupt(format!("pending batch {b} not read"))),
+                ColSrc::Input(b, row) => {
+                    input_at.get(&b).map(|&i| (i, row as usize)).ok_or_else(|| {
+                        LakehouseError::PlanInvariant(format!("pending batch {b} not read"))
+                    })
+                }
                 ColSrc::Committed(l) => fetched_at.get(&l).copied().ok_or_else(|| {
-                    LakehouseError::Corrupt(format!("carried value at {l:?} not read"))
+                    LakehouseError::PlanInvariant(format!("carried value at {l:?} not read"))
                 }),
                 ColSrc::Null => Ok((null_source, 0)),
             })
