@@ -67,9 +67,21 @@ pub async fn resync(warehouse: &super::WarehouseArgs, table: &str, wait: bool) -
     {
         if said.elapsed() >= Duration::from_secs(10) {
             said = Instant::now();
+            // Nobody to do it: say so rather than wait forever (the request stays recorded).
+            let live = leases
+                .holder(catalog::lease::INGESTER_LEASE)
+                .await?
+                .filter(|h| h.is_live());
+            let Some(h) = live else {
+                bail!(
+                    "no ingester runs on this warehouse: the resync of {name} stays requested until `bitvelocity ingest` starts"
+                );
+            };
             eprintln!(
-                "still waiting for the resync of {name} ({} s)",
-                started.elapsed().as_secs()
+                "still waiting for the resync of {name} ({} s; ingester {}, {}; an ingester whose publication lacks the table never answers)",
+                started.elapsed().as_secs(),
+                h.holder,
+                h.owner
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

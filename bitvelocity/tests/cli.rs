@@ -125,6 +125,18 @@ fn demo_matches_postgres_and_leaves_a_queryable_warehouse() {
         asked.contains("resync of orders requested: no ingester runs"),
         "{asked}"
     );
+    // Waiting with nobody to do it ends with a clear error, not forever.
+    let e = one_line_error(&[
+        "resync",
+        "orders",
+        "--wait",
+        "--warehouse",
+        wh.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("stays requested until `bitvelocity ingest` starts"),
+        "{e}"
+    );
     // The demo empties only a folder it created: its own, yes; any other, never.
     let again = Command::new(bin())
         .args(["demo", "--operations", "50", "--warehouse"])
