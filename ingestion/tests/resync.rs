@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    AsWarehouse, assert_bronze_matches, assert_silver_matches, connect, lake_name, start_pg, tables,
+    AsWarehouse, assert_bronze_matches, assert_silver_matches, connect, lake_name, start_pg,
+    tables, wait_caught_up,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -121,27 +122,11 @@ async fn a_resync_recopies_one_table_while_changes_keep_coming() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let target: ingestion::Lsn = target.parse().unwrap();
-    loop {
-        assert!(Instant::now() < deadline, "no catch-up");
-        let s: Option<String> = client
-            .query_one(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if s.is_some_and(|s| s.parse::<ingestion::Lsn>().unwrap() >= target) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        wait_caught_up(&client, &ingest).await,
+        "ingester stopped: {:?}",
+        ingest.await
+    );
     stop.send(true).unwrap();
     ingest.await.unwrap().expect("ingest");
 

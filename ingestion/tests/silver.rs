@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{
     AsWarehouse, ObjectStoreBackend, assert_bronze_matches, assert_silver_matches, connect,
-    ingest_caught_up, start_pg,
+    ingest_caught_up, start_pg, wait_caught_up,
 };
 use lakehouse::maintenance::{MaintenanceOptions, maintain_warehouse};
 use lakehouse::medallion::AutoMaintenance;
@@ -511,36 +511,6 @@ fn spawn_ingest(
         ingestion::Ingester::new(cfg, sink).run(rx).await
     });
     (task, stop)
-}
-
-/// Waits until the slot confirms everything written so far; false if the ingester stopped.
-async fn wait_caught_up(client: &Client, ingest: &tokio::task::JoinHandle<impl Sized>) -> bool {
-    let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let target: ingestion::Lsn = target.parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        if ingest.is_finished() {
-            return false;
-        }
-        assert!(std::time::Instant::now() < deadline, "no catch-up in 120 s");
-        // No row until the ingester has created its slot.
-        let s: Option<String> = client
-            .query_opt(
-                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .and_then(|r| r.get(0));
-        if s.is_some_and(|s| s.parse::<ingestion::Lsn>().unwrap() >= target) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -671,3 +671,33 @@ pub async fn ingest_caught_up(
     let (_tx, rx) = tokio::sync::watch::channel(false);
     ingestion::Ingester::new(cfg, sink).run(rx).await
 }
+
+/// Waits until the slot confirms everything written so far; false if the ingester stopped.
+pub async fn wait_caught_up(client: &Client, ingest: &tokio::task::JoinHandle<impl Sized>) -> bool {
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let target: ingestion::Lsn = target.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if ingest.is_finished() {
+            return false;
+        }
+        assert!(std::time::Instant::now() < deadline, "no catch-up in 120 s");
+        // No row until the ingester has created its slot.
+        let s: Option<String> = client
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .and_then(|r| r.get(0));
+        if s.is_some_and(|s| s.parse::<ingestion::Lsn>().unwrap() >= target) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
