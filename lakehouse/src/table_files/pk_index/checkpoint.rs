@@ -212,6 +212,16 @@ impl PkIndex {
             .writer()
             .await
             .map_err(err)?;
+        // Files forgotten since (rewritten) are left out and the rest renumbered, so the
+        // list does not grow with every compaction.
+        let mut renumber = vec![u32::MAX; self.files.len()];
+        let mut kept: Vec<&str> = Vec::new();
+        for (i, f) in self.files.iter().enumerate() {
+            if !f.is_empty() {
+                renumber[i] = kept.len() as u32;
+                kept.push(f);
+            }
+        }
         let metadata = HashMap::from([
             (
                 META_SNAPSHOT.to_string(),
@@ -219,14 +229,7 @@ impl PkIndex {
             ),
             (META_KEY.to_string(), key_fingerprint(key_schema)),
             (META_ROWS.to_string(), self.rows.to_string()),
-            (
-                META_FILES.to_string(),
-                self.files
-                    .iter()
-                    .map(|f| f.as_ref())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            ),
+            (META_FILES.to_string(), kept.join("\n")),
         ]);
         let schema = Arc::new(Schema::new_with_metadata(
             vec![
@@ -244,7 +247,14 @@ impl PkIndex {
             let more = entries.next();
             if let Some((key, locs)) = more {
                 for l in locs {
-                    cols.push(key, *l);
+                    let file = renumber.get(l.file as usize).copied().unwrap_or(u32::MAX);
+                    if file == u32::MAX {
+                        return Err(LakehouseError::BadIndexCheckpoint(format!(
+                            "writing {path}: a row of forgotten file #{}",
+                            l.file
+                        )));
+                    }
+                    cols.push(key, super::Loc { file, pos: l.pos });
                 }
                 if cols.len() < CHUNK {
                     continue;
