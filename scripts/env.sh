@@ -10,6 +10,8 @@ ensure_system_deps() {
     command -v initdb >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
     command -v pg_recvlogical >/dev/null 2>&1 || [ -x /usr/lib/postgresql/15/bin/pg_recvlogical ] || missing+=(postgresql-15)
     command -v psql >/dev/null 2>&1 || missing+=(postgresql-client-15)
+    # The TLS tests make a throw-away certificate authority with it.
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
