@@ -93,33 +93,10 @@ async fn writes_during_the_initial_copy_appear_exactly_once() {
     let writes = writer.await.unwrap();
     assert!(writes > 50, "the writer ran only {writes} transactions");
     // Let the ingester catch up with the last write, then stop it cleanly.
-    let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let target: ingestion::Lsn = target.parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            !ingest.is_finished(),
-            "the ingester stopped before catching up"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ingester did not catch up within 60 s"
-        );
-        let s: Option<String> = client
-            .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let s: ingestion::Lsn = s.unwrap().parse().unwrap();
-        if s >= target {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        common::wait_caught_up(&client, &ingest).await,
+        "the ingester stopped before catching up"
+    );
     ingest_stop.send(true).unwrap();
     let (report, _) = ingest.await.unwrap();
     let report = report.unwrap();
