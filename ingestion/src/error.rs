@@ -113,6 +113,13 @@ pub enum IngestError {
     /// The sink (lakehouse) failed; nothing past its last commit is confirmed.
     #[error(transparent)]
     Sink(#[from] lakehouse::LakehouseError),
+    /// A source was used before it was opened (or a step came out of order): a bug in the
+    /// caller, never retried.
+    #[error("change source used out of order: {call}")]
+    NotOpen {
+        /// The call that came too early.
+        call: &'static str,
+    },
     /// Socket I/O failed mid-stream.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),

@@ -6,9 +6,11 @@
 //! the lakehouse's [`lakehouse::ChangeSink`] seam and must never import a
 //! façade crate or reach the catalog directly.
 
+pub mod change_source;
 pub mod changes;
 mod error;
 mod lsn;
+pub mod pg_source;
 pub mod pgoutput;
 pub mod pipeline;
 pub mod progress;
@@ -19,7 +21,9 @@ pub mod source;
 pub mod transport;
 pub mod value;
 
+pub use change_source::{ChangeSource, ChangeStream, StreamEvent};
 pub use error::{IngestError, Result};
 pub use lsn::{Lsn, ParseLsnError};
-pub use pipeline::{IngestConfig, Ingester};
+pub use pg_source::PgSource;
+pub use pipeline::{IngestConfig, Ingester, Pipeline, PipelineConfig};
 pub use progress::{IngestMetrics, IngestPhase, IngestReport};

@@ -1,6 +1,6 @@
 //! Operator actions on replication slots, outside a capture run.
 
-use crate::pipeline::connect_plain;
+use crate::pg_source::connect_plain;
 use crate::replication::ConnInfo;
 use crate::{IngestError, Lsn, Result};
 

@@ -239,7 +239,7 @@ async fn row_identity(client: &Client, oid: u32) -> Result<Vec<(i32, String)>> {
 
 impl SourceTable {
     /// A table with `columns` and row identity `pk` (attnum, name); none means every column.
-    fn new(
+    pub fn new(
         oid: u32,
         schema: String,
         name: String,

@@ -698,11 +698,13 @@ async fn automatic_maintenance_keeps_storage_bounded_under_updates() {
         counts.iter().all(|&c| c <= 80),
         "storage keeps growing: {counts:?}"
     );
-    // Maintenance every four commits makes the count cycle (57..75, say), so compare the
-    // cycle's tops: the second half of the run may not rise above the first.
-    let top = |c: &[usize]| c.iter().copied().max().unwrap_or(0);
+    // Maintenance every four commits makes the count cycle (55..78, say) and each round
+    // samples it at a random phase; the metadata log fills up over the first rounds. So
+    // compare the means of two later stretches of rounds: a leak of even a file or two per
+    // commit adds ~20 per stretch, the cycle moves the means by a few.
+    let mean = |c: &[usize]| c.iter().sum::<usize>() as f64 / c.len() as f64;
     assert!(
-        top(&counts[6..]) <= top(&counts[..6]) + 10,
+        mean(&counts[8..]) <= mean(&counts[4..8]) + 8.0,
         "storage keeps growing: {counts:?}"
     );
     check_all(&client, dir.path()).await;

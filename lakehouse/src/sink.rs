@@ -91,20 +91,29 @@ pub struct TableProgress {
 /// A destination for change batches that records the source position with the data.
 ///
 /// Contract, which the ingestion pipeline relies on for exactly-once delivery:
+/// - **Which position.** `commit(lsn, ..)` records `lsn`, the *end* position (`end_lsn`,
+///   exclusive) of the last source transaction whose changes the commit holds: "this table
+///   holds every change of every transaction ending at or before `lsn`". The copy's final
+///   commit records the snapshot's position. The pipeline skips, for this table, every
+///   transaction committed below the recorded position, and streams from the oldest one.
+/// - **Atomic with the data.** Each table's new snapshot records `lsn` under
+///   [`SOURCE_LSN_PROPERTY`] in the *same atomic catalog commit* as its data and any schema
+///   change, so a reader never sees part of a source transaction in one table and `prepare`
+///   after a crash returns, per table, exactly the position up to which it is complete.
 /// - `write` makes nothing visible: rows become readable only through `commit`.
-/// - `commit(lsn, ..)` makes everything written since the previous commit visible,
-///   one table at a time, and each table's new snapshot records `lsn` (the commit
-///   LSN of the last source transaction in it) in the *same atomic catalog
-///   commit* as its data, under [`SOURCE_LSN_PROPERTY`]. A reader therefore never
-///   sees part of a source transaction in one table, and `prepare` after a crash
-///   returns, per table, exactly the position up to which that table is complete.
-/// - When `commit` returns, the data is durable; only then may the caller
-///   acknowledge the position to the source.
-/// - Calls are sequential (`&mut self`); a failed `commit` may have committed some
-///   tables and not others, which `prepare` reports faithfully afterwards.
-/// - `prepare` may be called again on the same sink at any time (the capture does so
-///   when it reconnects after a lost connection): it discards everything written and
-///   not committed, exactly as a new process would not have it.
+/// - `commit` makes everything written since the previous commit visible, one table at a
+///   time. When it returns, the data is durable; only then may the caller acknowledge the
+///   position to the source.
+/// - **`mark`** lists tables to commit even without rows, so their new position is
+///   recorded anyway (an empty initial copy; a copy's final commit after its pieces).
+///   A table with no rows and not marked keeps its snapshot and position: its position
+///   lags, which only means a restart re-reads (and skips) changes it never had.
+/// - **Retries.** Calls are sequential (`&mut self`). A failed `commit` may have committed
+///   some tables and not others, or one whose outcome is unknown: the caller never retries
+///   it as if nothing happened, but calls `prepare` again (or restarts), which reads back
+///   from the catalog what each table holds and discards everything written and not
+///   committed, exactly as a new process would; the changes are then delivered again from
+///   the source and skipped where already committed.
 #[async_trait]
 pub trait ChangeSink: Send {
     /// Creates each table if missing (or checks its layout) and returns its progress.

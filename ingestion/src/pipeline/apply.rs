@@ -7,19 +7,19 @@ use std::sync::atomic::Ordering;
 
 use lakehouse::{ChangeSink, crash};
 
-use super::{Ingester, TableState, Txn};
+use super::{Pipeline, TableState, Txn};
+use crate::change_source::ChangeSource;
 use crate::changes::{ChangeBuffer, ChangeMeta, Op};
 use crate::pgoutput::{Cell, OldImage, Relation};
 use crate::replication::PG_EPOCH_OFFSET_MICROS;
 use crate::source::SourceTable;
 use crate::{IngestError, Result};
 
-impl<S: ChangeSink> Ingester<S> {
+impl<C: ChangeSource, S: ChangeSink> Pipeline<C, S> {
     /// Appends one decoded change to its table's buffer; returns rows added, and the table
     /// whose buffer is full and must go to the sink now.
     pub(super) async fn apply(
         &mut self,
-        client: &tokio_postgres::Client,
         states: &mut [TableState],
         by_oid: &HashMap<u32, usize>,
         t: &mut Txn,
@@ -38,7 +38,7 @@ impl<S: ChangeSink> Ingester<S> {
             return Ok((0, None));
         }
         if let Some(relation) = st.relation.take() {
-            self.reconcile(client, st, i, &relation).await?;
+            self.reconcile(st, i, &relation).await?;
             if st.stopped.is_some() {
                 return Ok((0, None));
             }
@@ -118,12 +118,11 @@ impl<S: ChangeSink> Ingester<S> {
     /// stops this table only.
     async fn reconcile(
         &mut self,
-        client: &tokio_postgres::Client,
         st: &mut TableState,
         i: usize,
         relation: &Relation,
     ) -> Result<()> {
-        let next = match st.source.describe(client, relation).await {
+        let next = match self.source.describe(&st.source, relation).await {
             Ok(next) => next,
             Err(e @ IngestError::SchemaChanged { .. }) => return self.stop_table(st, i, e).await,
             Err(e) => return Err(e),

@@ -18,28 +18,29 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lakehouse::{ChangeSink, TableProgress, crash};
+use lakehouse::{ChangeSink, crash};
 use tokio::sync::watch;
 
+use crate::change_source::{ChangeSource, ChangeStream, StreamEvent};
 use crate::changes::ChangeBuffer;
-use crate::pgoutput::{self, Message, Relation};
+use crate::pg_source::PgSource;
+use crate::pgoutput::{Message, Relation};
 mod apply;
 
 use crate::progress::{IngestMetrics, IngestPhase, IngestReport};
-use crate::replication::{
-    ConnInfo, PG_EPOCH_OFFSET_MICROS, ReplicationConnection, ReplicationMessage, ReplicationStream,
-};
-use crate::source::{self, SourceTable};
+use crate::replication::PG_EPOCH_OFFSET_MICROS;
+use crate::source::SourceTable;
 use crate::{IngestError, Lsn, Result};
 use apply::{Change, in_txn};
 
 /// How often the stream looks for operator requests (`bitvelocity resync`) while idle.
 const REQUEST_POLL: Duration = Duration::from_secs(2);
 
-/// How to capture.
+/// How to capture from PostgreSQL: where from ([`PgSource`]) and how to batch
+/// ([`PipelineConfig`]).
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
     /// Source database URL.
@@ -84,14 +85,52 @@ impl IngestConfig {
             record_freshness: false,
         }
     }
+
+    /// The source these settings name.
+    pub fn source(&self) -> PgSource {
+        PgSource::new(&self.url, &self.publication, &self.slot)
+    }
+
+    /// The pipeline settings (everything but where from).
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            batch_rows: self.batch_rows,
+            batch_interval: self.batch_interval,
+            flush_rows: self.flush_rows,
+            copy_piece_bytes: self.copy_piece_bytes,
+            exit_when_caught_up: self.exit_when_caught_up,
+            record_freshness: self.record_freshness,
+        }
+    }
 }
 
-/// Change capture from one PostgreSQL publication into one sink.
-pub struct Ingester<S: ChangeSink> {
-    cfg: IngestConfig,
+/// How the pipeline batches and when it stops, whatever the source.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Commit once this many change rows are pending (at a transaction boundary).
+    pub batch_rows: usize,
+    /// Commit at least this often while rows are pending.
+    pub batch_interval: Duration,
+    /// Hand rows to the sink in Arrow batches of this many rows.
+    pub flush_rows: usize,
+    /// The initial copy commits a piece after handing over this many bytes of rows.
+    pub copy_piece_bytes: usize,
+    /// Stop once everything committed before the start has been written.
+    pub exit_when_caught_up: bool,
+    /// Record, per source transaction, the time from its commit to its lakehouse commit.
+    pub record_freshness: bool,
+}
+
+/// Change capture from one [`ChangeSource`] into one [`ChangeSink`], exactly once.
+pub struct Pipeline<C: ChangeSource, S: ChangeSink> {
+    cfg: PipelineConfig,
+    source: C,
     sink: S,
     metrics: Arc<IngestMetrics>,
 }
+
+/// Change capture from one PostgreSQL publication into one sink.
+pub type Ingester<S> = Pipeline<PgSource, S>;
 
 struct TableState {
     source: SourceTable,
@@ -115,11 +154,19 @@ struct Txn {
     seq: i64,
 }
 
-impl<S: ChangeSink> Ingester<S> {
-    /// An ingester writing into `sink`.
+impl<S: ChangeSink> Pipeline<PgSource, S> {
+    /// An ingester of the PostgreSQL publication `cfg` names, writing into `sink`.
     pub fn new(cfg: IngestConfig, sink: S) -> Self {
+        Self::with_source(cfg.pipeline(), cfg.source(), sink)
+    }
+}
+
+impl<C: ChangeSource, S: ChangeSink> Pipeline<C, S> {
+    /// A pipeline from `source` into `sink`.
+    pub fn with_source(cfg: PipelineConfig, source: C, sink: S) -> Self {
         Self {
             cfg,
+            source,
             sink,
             metrics: Arc::new(IngestMetrics::default()),
         }
@@ -201,18 +248,7 @@ impl<S: ChangeSink> Ingester<S> {
         &mut self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Option<IngestReport>> {
-        let info = ConnInfo::parse(&self.cfg.url)?;
-        // The replication login comes first: it gives the clearest error for a bad
-        // address, role or database.
-        let mut repl = ReplicationConnection::connect(&info).await?;
-        let client = connect_plain(&info).await?;
-        let tables = source::discover(&client, &self.cfg.publication).await?;
-        if tables.is_empty() {
-            return Err(IngestError::PublicationNotFound(format!(
-                "{} (it has no tables)",
-                self.cfg.publication
-            )));
-        }
+        let tables = self.source.open().await?;
         crash::point("ingest.after_discover");
         let schemas: Vec<_> = tables.iter().map(|t| t.changelog.clone()).collect();
         let mut progress = self.sink.prepare(&schemas).await?;
@@ -226,9 +262,9 @@ impl<S: ChangeSink> Ingester<S> {
             }
             progress = self.sink.prepare(&schemas).await?;
         }
-        let target = current_wal_lsn(&client).await?;
-
-        self.ensure_slot(&client, &mut repl, &progress).await?;
+        let target = self.source.log_end().await?;
+        let oldest = progress.iter().filter_map(|p| p.source_lsn).min().map(Lsn);
+        self.source.retain(oldest).await?;
 
         let mut states = Vec::with_capacity(tables.len());
         for (i, (t, p)) in tables.into_iter().zip(&progress).enumerate() {
@@ -259,9 +295,7 @@ impl<S: ChangeSink> Ingester<S> {
             .collect();
         if !missing.is_empty() {
             self.metrics.set_phase(IngestPhase::Copying);
-            let point = self
-                .initial_copy(&info, &client, &mut states, &missing)
-                .await?;
+            let point = self.initial_copy(&mut states, &missing).await?;
             for &i in &missing {
                 states[i].needed_from = point;
             }
@@ -274,14 +308,12 @@ impl<S: ChangeSink> Ingester<S> {
             .map(|s| s.needed_from)
             .min()
             .unwrap_or(Lsn::ZERO);
-        tracing::info!(slot = %self.cfg.slot, %start, target = %target, tables = states.len(), "streaming changes");
-        let stream = repl
-            .start_replication(&self.cfg.slot, start, &self.cfg.publication)
-            .await?;
+        tracing::info!(%start, target = %target, tables = states.len(), "streaming changes");
+        let stream = self.source.stream(start).await?;
         crash::point("stream.after_start");
         self.metrics.set_phase(IngestPhase::Streaming);
         let Some(mut report) = self
-            .stream(stream, &client, &mut states, target, &mut shutdown)
+            .stream(stream, &mut states, target, &mut shutdown)
             .await?
         else {
             return Ok(None);
@@ -292,77 +324,10 @@ impl<S: ChangeSink> Ingester<S> {
         Ok(Some(report))
     }
 
-    async fn ensure_slot(
-        &mut self,
-        client: &tokio_postgres::Client,
-        repl: &mut ReplicationConnection,
-        progress: &[TableProgress],
-    ) -> Result<()> {
-        let row = client
-            .query_opt(
-                "SELECT plugin::text, database::text, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.cfg.slot],
-            )
-            .await?;
-        match row {
-            Some(r) => {
-                let plugin: Option<String> = r.get(0);
-                if plugin.as_deref() != Some("pgoutput") {
-                    return Err(IngestError::Slot {
-                        slot: self.cfg.slot.clone(),
-                        message: format!("exists with plugin {plugin:?}, expected pgoutput"),
-                    });
-                }
-                let confirmed: Option<String> = r.get(2);
-                tracing::info!(slot = %self.cfg.slot, confirmed = ?confirmed, "reusing replication slot");
-            }
-            None => {
-                if let Some(p) = progress.iter().filter_map(|p| p.source_lsn).min() {
-                    // The tables hold data up to p, but the WAL after p is gone with the slot.
-                    return Err(IngestError::Gap {
-                        needed: Lsn(p),
-                        server: Lsn::ZERO,
-                    });
-                }
-                let created = repl.create_slot(&self.cfg.slot, false, false).await?;
-                tracing::info!(slot = %self.cfg.slot, at = %created.consistent_point, "created replication slot");
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies the tables at `missing` under one exported snapshot; returns its consistent point.
-    async fn initial_copy(
-        &mut self,
-        info: &ConnInfo,
-        client: &tokio_postgres::Client,
-        states: &mut [TableState],
-        missing: &[usize],
-    ) -> Result<Lsn> {
-        let mut exporter = ReplicationConnection::connect(info).await?;
-        // Unique per attempt: after a reconnect the previous attempt's temporary slot may
-        // still exist until its session ends.
-        static ATTEMPT: AtomicU64 = AtomicU64::new(0);
-        let temp = format!(
-            "{}_copy_{}_{}",
-            self.cfg.slot,
-            std::process::id(),
-            ATTEMPT.fetch_add(1, Ordering::Relaxed)
-        );
-        let slot = exporter.create_slot(&temp, true, true).await?;
-        let snapshot = slot
-            .snapshot
-            .clone()
-            .ok_or_else(|| IngestError::Protocol("temporary slot exported no snapshot".into()))?;
-        crash::point("snapshot.after_slot_created");
-        let point = slot.consistent_point;
+    /// Copies the tables at `missing` under one consistent snapshot; returns its position.
+    async fn initial_copy(&mut self, states: &mut [TableState], missing: &[usize]) -> Result<Lsn> {
+        let point = self.source.begin_copy().await?;
         tracing::info!(at = %point, tables = missing.len(), "initial copy");
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                crate::replication::quote_literal(&snapshot)
-            ))
-            .await?;
         let now = chrono::Utc::now().timestamp_micros();
         // Copied rows sort before any change applied on top of them.
         let copy_lsn = point.0 as i64 - 1;
@@ -375,15 +340,10 @@ impl<S: ChangeSink> Ingester<S> {
                 flush_rows: self.cfg.flush_rows,
                 piece_bytes: self.cfg.copy_piece_bytes,
             };
-            let rows = crate::snapshot::copy_table(
-                client,
-                &st.source,
-                i,
-                &mut st.buf,
-                &mut self.sink,
-                stamp,
-            )
-            .await?;
+            let rows = self
+                .source
+                .copy_table(&st.source, i, &mut st.buf, &mut self.sink, stamp)
+                .await?;
             crash::point("snapshot.before_commit");
             self.sink.commit(point.0, &[i]).await?;
             crash::point("snapshot.after_commit");
@@ -394,15 +354,13 @@ impl<S: ChangeSink> Ingester<S> {
             tracing::info!(table = %st.source.qualified(), rows, "copied");
         }
         crash::point("snapshot.after_all_copied");
-        client.batch_execute("COMMIT").await?;
-        drop(exporter);
+        self.source.end_copy().await?;
         Ok(point)
     }
 
     async fn stream(
         &mut self,
-        mut stream: ReplicationStream,
-        client: &tokio_postgres::Client,
+        mut stream: C::Stream,
         states: &mut [TableState],
         target: Lsn,
         shutdown: &mut watch::Receiver<bool>,
@@ -421,7 +379,7 @@ impl<S: ChangeSink> Ingester<S> {
         let mut confirmed = Lsn(states.iter().map(|s| s.needed_from.0).min().unwrap_or(0));
         let mut server_end = Lsn::ZERO;
         let mut last_status = Instant::now();
-        let status_every = status_period(client).await?;
+        let status_every = stream.status_period();
         let mut stopping = false;
         let mut requests_checked = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -510,7 +468,10 @@ impl<S: ChangeSink> Ingester<S> {
                 }
             };
             match msg {
-                ReplicationMessage::Keepalive { wal_end, reply } => {
+                StreamEvent::Heartbeat {
+                    end: wal_end,
+                    reply,
+                } => {
                     server_end = server_end.max(wal_end);
                     if idle {
                         // Everything before wal_end has been received and committed.
@@ -522,8 +483,7 @@ impl<S: ChangeSink> Ingester<S> {
                     }
                     crash::point("stream.keepalive");
                 }
-                ReplicationMessage::XLogData { data, .. } => {
-                    let m = pgoutput::decode(&data)?;
+                StreamEvent::Message(m) => {
                     match m {
                         Message::Begin {
                             final_lsn,
@@ -580,7 +540,7 @@ impl<S: ChangeSink> Ingester<S> {
                         Message::Insert { rel, new } => {
                             let t = in_txn(&mut txn)?;
                             let (n, full) = self
-                                .apply(client, states, &by_oid, t, rel, Change::Insert(&new))
+                                .apply(states, &by_oid, t, rel, Change::Insert(&new))
                                 .await?;
                             pending_rows += n;
                             self.hand_over(&mut stream, states, full, confirmed, status_every)
@@ -589,14 +549,7 @@ impl<S: ChangeSink> Ingester<S> {
                         Message::Update { rel, old, new } => {
                             let t = in_txn(&mut txn)?;
                             let (n, full) = self
-                                .apply(
-                                    client,
-                                    states,
-                                    &by_oid,
-                                    t,
-                                    rel,
-                                    Change::Update(old.as_ref(), &new),
-                                )
+                                .apply(states, &by_oid, t, rel, Change::Update(old.as_ref(), &new))
                                 .await?;
                             pending_rows += n;
                             self.hand_over(&mut stream, states, full, confirmed, status_every)
@@ -605,7 +558,7 @@ impl<S: ChangeSink> Ingester<S> {
                         Message::Delete { rel, old } => {
                             let t = in_txn(&mut txn)?;
                             let (n, full) = self
-                                .apply(client, states, &by_oid, t, rel, Change::Delete(&old))
+                                .apply(states, &by_oid, t, rel, Change::Delete(&old))
                                 .await?;
                             pending_rows += n;
                             self.hand_over(&mut stream, states, full, confirmed, status_every)
@@ -615,7 +568,7 @@ impl<S: ChangeSink> Ingester<S> {
                             let t = in_txn(&mut txn)?;
                             for rel in rels {
                                 let (n, full) = self
-                                    .apply(client, states, &by_oid, t, rel, Change::Truncate)
+                                    .apply(states, &by_oid, t, rel, Change::Truncate)
                                     .await?;
                                 pending_rows += n;
                                 self.hand_over(&mut stream, states, full, confirmed, status_every)
@@ -632,7 +585,7 @@ impl<S: ChangeSink> Ingester<S> {
     /// server meanwhile that this client is alive at what is confirmed already.
     async fn hand_over(
         &mut self,
-        stream: &mut ReplicationStream,
+        stream: &mut C::Stream,
         states: &mut [TableState],
         full: Option<usize>,
         confirmed: Lsn,
@@ -663,8 +616,8 @@ impl<S: ChangeSink> Ingester<S> {
 
 /// Tells the server everything before `at` is durable (nothing it still needs is released
 /// by this), and shows the position in the metrics.
-async fn confirm(stream: &mut ReplicationStream, metrics: &IngestMetrics, at: Lsn) -> Result<()> {
-    stream.send_status(at, at, false).await?;
+async fn confirm(stream: &mut impl ChangeStream, metrics: &IngestMetrics, at: Lsn) -> Result<()> {
+    stream.confirm(at).await?;
     metrics.confirmed_lsn.store(at.0, Ordering::Relaxed);
     Ok(())
 }
@@ -673,7 +626,7 @@ async fn confirm(stream: &mut ReplicationStream, metrics: &IngestMetrics, at: Ls
 /// `wal_sender_timeout`) while telling the server every `period` that this client is
 /// alive, at position `at` (what is confirmed already: never what `work` is committing).
 async fn keep_alive<T, E>(
-    stream: &mut ReplicationStream,
+    stream: &mut impl ChangeStream,
     at: Lsn,
     period: Duration,
     work: impl std::future::Future<Output = std::result::Result<T, E>>,
@@ -688,7 +641,7 @@ where
         tokio::select! {
             out = &mut work => return Ok(out?),
             _ = tick.tick() => {
-                if let Err(e) = stream.send_status(at, at, false).await {
+                if let Err(e) = stream.confirm(at).await {
                     // The work (a commit, maybe mid pointer swap) is never abandoned: its
                     // outcome must be known before anything starts over.
                     work.await?;
@@ -709,77 +662,5 @@ fn acked(confirmed: Lsn, states: &[TableState]) -> Lsn {
         .fold(confirmed, Lsn::min)
 }
 
-/// A regular (non-replication) session with the settings our value parsing expects.
-pub(crate) async fn connect_plain(info: &ConnInfo) -> Result<tokio_postgres::Client> {
-    let mut cfg: tokio_postgres::Config = info
-        .url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| IngestError::InvalidUrl(e.to_string()))?;
-    cfg.options("-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex -c IntervalStyle=iso_8601");
-    cfg.application_name("bitvelocity");
-    // Over TCP with TLS wanted, the same rustls checks as the replication session.
-    let client = if info.security.wants_tls() && matches!(info.host, crate::transport::Host::Tcp(_))
-    {
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-            info.security.client_config()?.as_ref().clone(),
-        );
-        let (client, conn) = cfg.connect(tls).await.map_err(|e| tls_error(info, e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "postgres connection ended");
-            }
-        });
-        client
-    } else {
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "postgres connection ended");
-            }
-        });
-        client
-    };
-    Ok(client)
-}
-
-/// A failed TLS handshake of a regular session named as such (not as a lost connection,
-/// which would be retried).
-fn tls_error(info: &ConnInfo, e: tokio_postgres::Error) -> IngestError {
-    let handshake = std::error::Error::source(&e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .filter(|io| {
-            io.get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-        });
-    match handshake {
-        Some(io) => IngestError::Tls {
-            addr: info.addr(),
-            source: std::io::Error::new(io.kind(), io.to_string()),
-        },
-        None => IngestError::Client(e),
-    }
-}
-
-/// How often to tell the server this client is alive: a quarter of its
-/// `wal_sender_timeout` (after which it drops a silent client), between 100 ms and 10 s.
-async fn status_period(client: &tokio_postgres::Client) -> Result<Duration> {
-    let ms: i64 = client
-        .query_one(
-            "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'",
-            &[],
-        )
-        .await?
-        .get(0);
-    // 0 turns the timeout off.
-    let quarter = if ms <= 0 { 10_000 } else { ms / 4 };
-    Ok(Duration::from_millis(quarter.clamp(100, 10_000) as u64))
-}
-
-async fn current_wal_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
-    let s: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
-    s.parse()
-        .map_err(|e: crate::lsn::ParseLsnError| IngestError::Protocol(e.to_string()))
-}
+#[cfg(test)]
+mod tests;
