@@ -1,4 +1,10 @@
-//! `bitvelocity bench ingest`: our capture side by side with `pg_recvlogical` on one backlog.
+//! `bitvelocity bench ingest`: one backlog drained by `pg_recvlogical` (the ceiling of one
+//! slot), by our capture and decoder into a discarding sink, and by the real
+//! `bitvelocity ingest` process writing bronze and silver, on local disk and (with `--s3`)
+//! SeaweedFS S3 with a PostgreSQL catalog. Contenders take turns over several rounds, the
+//! order alternating, each round on its own slot; medians and the median per-round ratio are
+//! printed, with the ingest process's peak RSS and the key index's bytes per row. Then
+//! freshness under a steady load.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,15 +16,44 @@ use ingestion::replication::{ConnInfo, ReplicationConnection};
 use ingestion::{IngestConfig, Ingester, Lsn};
 use tokio::sync::watch;
 
-/// Backlog shape: `rows` inserts then `rows / 2` updates, in transactions of `txn_rows`.
+use crate::bench_proc::{WarehouseSpec, key_index_cost, live_rows, median, run_ingest};
+
+/// Backlog shape, rounds and where to run.
 pub struct BenchConfig {
+    /// Inserts in the backlog; updates of half of them follow.
     pub rows: u64,
+    /// Rows per source transaction while loading.
     pub txn_rows: u64,
+    /// Rounds (each contender once per round, the order alternating).
+    pub rounds: u32,
+    /// Also run the ingest process on SeaweedFS S3 with a PostgreSQL catalog.
+    pub s3: bool,
+    /// The ingest process's --memory-limit.
+    pub memory_limit: lakehouse::MemoryBudget,
+    /// Steady load for the freshness measurement, changes per second.
     pub freshness_rate: u64,
+    /// Duration of the freshness measurement, seconds.
     pub freshness_secs: u64,
 }
 
 const PUBLICATION: &str = "bench";
+const TABLE: &str = "bench";
+
+/// The contenders of one round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    RecvLogical,
+    Discard,
+    /// The ingest process on target #n (local disk, S3).
+    Ingest(usize),
+}
+
+/// What one contender measured over the rounds.
+#[derive(Default)]
+struct Times {
+    secs: Vec<f64>,
+    peak_rss: u64,
+}
 
 pub async fn ingest(cfg: BenchConfig) -> Result<()> {
     let pg = tokio::task::spawn_blocking(domains::PgCluster::start).await??;
@@ -31,26 +66,52 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
              CREATE PUBLICATION bench FOR TABLE bench;",
         )
         .await?;
+    let s3 = if cfg.s3 {
+        let s3 = tokio::task::spawn_blocking(domains::SeaweedFs::start).await??;
+        s3.create_bucket("bench")?;
+        Some(s3)
+    } else {
+        None
+    };
+    let mut targets: Vec<(&str, Option<&domains::SeaweedFs>)> = vec![("local disk", None)];
+    if let Some(s3) = &s3 {
+        targets.push(("SeaweedFS S3", Some(s3)));
+    }
+    let rounds = cfg.rounds.max(1) as usize;
+    let dir = tempfile::tempdir()?;
+
+    // Every contender of every round gets its own slot, created before the backlog so each
+    // sees all of it. The ingest process's warehouses take their (empty) initial copy now,
+    // so the backlog reaches them as changes; that run also creates their slots.
     let info = ConnInfo::parse(&url)?;
-    // One slot per contender, all created before the backlog so each sees all of it.
     let mut repl = ReplicationConnection::connect(&info).await?;
-    for slot in ["bench_warmup", "bench_recvlogical", "bench_discard"] {
-        repl.create_slot(slot, false, false).await?;
+    repl.create_slot("bench_warmup", false, false).await?;
+    for r in 0..rounds {
+        repl.create_slot(&format!("bench_a{r}"), false, false)
+            .await?;
+        repl.create_slot(&format!("bench_b{r}"), false, false)
+            .await?;
     }
     drop(repl);
-    let dir = tempfile::tempdir()?;
-    let warehouse = dir.path().join("wh");
-    let wh = catalog::Warehouse::new(&warehouse)?;
-    let cat = wh.open_catalog().await?;
-    let commits = wh.commit_path().await?;
-    // The bronze contender takes its (empty) initial copy now, so the backlog reaches it as changes.
-    let mut bronze_cfg = IngestConfig::new(url.clone(), PUBLICATION);
-    bronze_cfg.slot = "bench_bronze".into();
-    bronze_cfg.exit_when_caught_up = true;
-    let sink = lakehouse::BronzeSink::new(cat.clone(), commits.clone()).await?;
-    Ingester::new(bronze_cfg.clone(), sink)
-        .run(watch::channel(false).1)
-        .await?;
+    let mut warehouses: Vec<Vec<WarehouseSpec>> = Vec::new();
+    for (t, (_, s3)) in targets.iter().enumerate() {
+        let mut per_round = Vec::new();
+        for r in 0..rounds {
+            let wh = WarehouseSpec::fresh(&format!("c{t}r{r}"), dir.path(), *s3, &pg)?;
+            run_ingest(
+                "preparing the ingest warehouses",
+                &url,
+                PUBLICATION,
+                &format!("bench_c{t}r{r}"),
+                &wh,
+                *s3,
+                cfg.memory_limit,
+            )
+            .await?;
+            per_round.push(wh);
+        }
+        warehouses.push(per_round);
+    }
 
     let changes = cfg.rows + cfg.rows / 2;
     load_backlog(&client, &cfg).await?;
@@ -59,19 +120,19 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
         .await?
         .get(0);
     let bytes: i64 = client
-        .query_one("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = 'bench_recvlogical'", &[])
+        .query_one("SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = 'bench_a0'", &[])
         .await?
         .get(0);
     println!(
-        "backlog: {} changes ({} inserts, {} updates), {:.0} MB of WAL\n",
+        "backlog: {} changes ({} inserts, {} updates) in transactions of {} rows, {:.0} MB of WAL; {rounds} rounds\n",
         changes,
         cfg.rows,
         cfg.rows / 2,
+        cfg.txn_rows,
         bytes as f64 / 1e6
     );
 
     // Warm-up: one untimed drain, so every contender reads the WAL from the page cache.
-    let out = dir.path().join("recvlogical.out");
     recvlogical(
         &pg,
         &url,
@@ -80,80 +141,139 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
         &dir.path().join("warmup.out"),
     )
     .await?;
-    // (a) pg_recvlogical: the ceiling of one slot.
-    let t = Instant::now();
-    recvlogical(&pg, &url, "bench_recvlogical", &end, &out).await?;
-    let a = t.elapsed();
-    let a_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-
-    // (b) our replication client and decoder into a discarding sink.
-    let mut discard_cfg = IngestConfig::new(url.clone(), PUBLICATION);
-    discard_cfg.slot = "bench_discard".into();
-    discard_cfg.exit_when_caught_up = true;
-    discard_cfg.batch_rows = usize::MAX;
-    let t = Instant::now();
-    let mut ing = Ingester::new(discard_cfg, lakehouse::DiscardSink::starting_at(0));
-    let rb = run_with_spinner(&mut ing, "(b) decode → discard").await?;
-    let b = t.elapsed();
-    let sink = ing.into_sink();
-    if sink.rows() != changes {
-        bail!(
-            "discarding sink saw {} rows, expected {changes}",
-            sink.rows()
-        );
+    let mut order = vec![Contender::RecvLogical, Contender::Discard];
+    order.extend((0..targets.len()).map(Contender::Ingest));
+    let mut recv = Times::default();
+    let mut discard = Times::default();
+    let mut ours: Vec<Times> = (0..targets.len()).map(|_| Times::default()).collect();
+    // `r` also names the round's slots and files.
+    #[allow(clippy::needless_range_loop)]
+    for r in 0..rounds {
+        for &who in &order {
+            match who {
+                Contender::RecvLogical => {
+                    let out = dir.path().join(format!("recvlogical{r}.out"));
+                    let t = Instant::now();
+                    recvlogical(&pg, &url, &format!("bench_a{r}"), &end, &out).await?;
+                    recv.secs.push(t.elapsed().as_secs_f64());
+                    std::fs::remove_file(&out)?;
+                }
+                Contender::Discard => {
+                    let mut dcfg = IngestConfig::new(url.clone(), PUBLICATION);
+                    dcfg.slot = format!("bench_b{r}");
+                    dcfg.exit_when_caught_up = true;
+                    dcfg.batch_rows = usize::MAX;
+                    let t = Instant::now();
+                    let mut ing = Ingester::new(dcfg, lakehouse::DiscardSink::starting_at(0));
+                    run_with_spinner(&mut ing, "(b) decode → discard").await?;
+                    discard.secs.push(t.elapsed().as_secs_f64());
+                    let sink = ing.into_sink();
+                    if sink.rows() != changes {
+                        bail!(
+                            "discarding sink saw {} rows, expected {changes}",
+                            sink.rows()
+                        );
+                    }
+                }
+                Contender::Ingest(t) => {
+                    let (target, s3) = targets[t];
+                    let wh = &warehouses[t][r];
+                    let run = run_ingest(
+                        &format!("(c) bitvelocity ingest → bronze+silver ({target})"),
+                        &url,
+                        PUBLICATION,
+                        &format!("bench_c{t}r{r}"),
+                        wh,
+                        s3,
+                        cfg.memory_limit,
+                    )
+                    .await?;
+                    // It must have written every change, and silver the table as it is.
+                    let bronze = live_rows(wh, "bronze", TABLE).await?;
+                    let silver = live_rows(wh, "silver", TABLE).await?;
+                    if bronze != changes || silver != cfg.rows {
+                        bail!(
+                            "ingest on {target} wrote {bronze} bronze rows (expected {changes}) and {silver} silver rows (expected {})",
+                            cfg.rows
+                        );
+                    }
+                    ours[t].secs.push(run.secs);
+                    ours[t].peak_rss = ours[t].peak_rss.max(run.peak_rss);
+                }
+            }
+        }
+        // Alternate the order, so caches and the machine's state favour no one.
+        order.reverse();
     }
 
-    // (c) the real thing: bronze Iceberg tables.
-    let sink = lakehouse::BronzeSink::new(cat.clone(), commits.clone()).await?;
-    let t = Instant::now();
-    let mut ing = Ingester::new(bronze_cfg.clone(), sink);
-    let rc = run_with_spinner(&mut ing, "(c) ingest → bronze").await?;
-    let c = t.elapsed();
-    if rc.changes != changes {
-        bail!(
-            "bronze ingest wrote {} changes, expected {changes}",
-            rc.changes
+    let rate = |s: f64| changes as f64 / s;
+    // Per-round ratios against pg_recvlogical of the same round, then their median.
+    let ratio = |times: &Times| {
+        median(
+            times
+                .secs
+                .iter()
+                .zip(&recv.secs)
+                .map(|(ours, theirs)| theirs / ours)
+                .collect(),
+        )
+    };
+    let fmt_rounds = |t: &Times| {
+        t.secs
+            .iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "{:<14} {:<38} {:>8} {:>11} {:>7} {:>9}  rounds (s)",
+        "storage", "contender", "median s", "changes/s", "ratio", "peak RSS"
+    );
+    let line = |storage: &str, name: &str, t: &Times, rss: Option<u64>| {
+        let m = median(t.secs.clone());
+        println!(
+            "{:<14} {:<38} {:>8.2} {:>11.0} {:>7.2} {:>9}  {}",
+            storage,
+            name,
+            m,
+            rate(m),
+            ratio(t),
+            rss.map(|b| format!("{} MiB", b >> 20))
+                .unwrap_or_else(|| "-".into()),
+            fmt_rounds(t)
+        );
+    };
+    line("-", "(a) pg_recvlogical → file", &recv, None);
+    line("-", "(b) bitvelocity decode → discard", &discard, None);
+    for (t, (target, _)) in targets.iter().enumerate() {
+        line(
+            target,
+            "(c) bitvelocity ingest → bronze+silver",
+            &ours[t],
+            Some(ours[t].peak_rss),
         );
     }
-    let _ = rb;
-
-    let rate = |d: Duration| changes as f64 / d.as_secs_f64();
+    let (index_bytes, keys) = key_index_cost(&warehouses[0][0], TABLE).await?;
     println!(
-        "{:<28} {:>10} {:>9} {:>12} {:>7}",
-        "", "changes", "seconds", "changes/s", "ratio"
-    );
-    println!(
-        "{:<28} {:>10} {:>9.2} {:>12.0} {:>7.2}",
-        "(a) pg_recvlogical → file",
-        changes,
-        a.as_secs_f64(),
-        rate(a),
-        1.0
-    );
-    println!(
-        "{:<28} {:>10} {:>9.2} {:>12.0} {:>7.2}",
-        "(b) bitvelocity → discard",
-        changes,
-        b.as_secs_f64(),
-        rate(b),
-        rate(b) / rate(a)
-    );
-    println!(
-        "{:<28} {:>10} {:>9.2} {:>12.0} {:>7.2}",
-        "(c) bitvelocity → bronze",
-        changes,
-        c.as_secs_f64(),
-        rate(c),
-        rate(c) / rate(a)
-    );
-    println!(
-        "pg_recvlogical wrote {:.0} MB; peak RSS of bitvelocity {} MB; targets: b/a ≥ 0.95, c/a ≥ 0.75",
-        a_bytes as f64 / 1e6,
-        peak_rss_mb()
+        "ratio: median over rounds of (a)'s time / the contender's; targets (c)/(a) ≥ 0.8; key index: {keys} keys, {} MiB, {:.1} bytes per row",
+        index_bytes >> 20,
+        index_bytes as f64 / keys.max(1) as f64
     );
 
-    // Freshness: commit in PostgreSQL → visible in bronze, under a steady load.
-    freshness(&url, &client, bronze_cfg, cat, commits, &cfg).await?;
+    // Freshness: commit in PostgreSQL → visible in bronze and silver, under a steady load,
+    // continuing on the first local warehouse (caught up) and its slot.
+    let wh = warehouses[0][0].open()?;
+    let mut fcfg = IngestConfig::new(url.clone(), PUBLICATION);
+    fcfg.slot = "bench_c0r0".into();
+    freshness(
+        &url,
+        &client,
+        fcfg,
+        wh.open_catalog().await?,
+        wh.commit_path().await?,
+        &cfg,
+    )
+    .await?;
     drop(pg);
     Ok(())
 }
@@ -182,19 +302,6 @@ async fn recvlogical(
         bail!("pg_recvlogical failed: {status}");
     }
     Ok(())
-}
-
-/// Peak resident memory of this process (VmHWM), to show the backlog is not buffered whole.
-fn peak_rss_mb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
 }
 
 async fn load_backlog(client: &tokio_postgres::Client, cfg: &BenchConfig) -> Result<()> {
@@ -262,7 +369,7 @@ async fn freshness(
     cfg.exit_when_caught_up = false;
     cfg.batch_interval = Duration::from_millis(100);
     cfg.record_freshness = true;
-    let sink = lakehouse::BronzeSink::new(cat, commits).await?;
+    let sink = lakehouse::MedallionSink::new(cat, commits).await?;
     let mut ing = Ingester::new(cfg, sink);
     let metrics = ing.metrics();
     let (stop, stop_rx) = watch::channel(false);
@@ -304,7 +411,7 @@ async fn freshness(
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0;
     println!(
-        "freshness at {} changes/s for {} s ({} changes, {} transactions): p50 {:.0} ms, p99 {:.0} ms (target p99 < 1000 ms)",
+        "freshness into bronze+silver at {} changes/s for {} s ({} changes, {} transactions): p50 {:.0} ms, p99 {:.0} ms (target p99 < 1000 ms)",
         bench.freshness_rate,
         bench.freshness_secs,
         written,

@@ -4,13 +4,12 @@
 //! and on SeaweedFS S3 with a PostgreSQL catalog. Prints rows/s, the ratio, the process's
 //! peak RSS (its `VmHWM`, sampled every 50 ms) and the key index's memory per row.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use futures::{StreamExt, pin_mut};
-use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::bench_proc::{WarehouseSpec, key_index_cost, median, run_ingest, spinner};
 
 /// Table size, memory limit and where to run.
 pub struct CopyBenchConfig {
@@ -21,12 +20,6 @@ pub struct CopyBenchConfig {
 }
 
 const TABLE: &str = "bench_copy";
-
-/// One measured copy by the ingest process.
-struct Copied {
-    secs: f64,
-    peak_rss: u64,
-}
 
 pub async fn copy(cfg: CopyBenchConfig) -> Result<()> {
     let pg = tokio::task::spawn_blocking(domains::PgCluster::start).await??;
@@ -73,7 +66,6 @@ pub async fn copy(cfg: CopyBenchConfig) -> Result<()> {
     if let Some(s3) = &s3 {
         targets.push(("SeaweedFS S3", Some(s3)));
     }
-    let exe = std::env::current_exe().context("finding the bitvelocity executable")?;
     let dir = tempfile::tempdir()?;
     println!(
         "{:<14} {:<34} {:>8} {:>12} {:>7} {:>10}",
@@ -92,24 +84,24 @@ pub async fn copy(cfg: CopyBenchConfig) -> Result<()> {
                     continue;
                 }
                 let name = format!("r{round}_{}", if s3.is_some() { "s3" } else { "local" });
-                let wh = match s3 {
-                    None => WarehouseSpec::Local(dir.path().join(&name)),
-                    Some(_) => {
-                        pg.create_database(&format!("catalog_{name}"))?;
-                        WarehouseSpec::S3 {
-                            url: format!("s3://bench/{name}"),
-                            catalog: pg.url(&format!("catalog_{name}")),
-                        }
-                    }
-                };
+                let wh = WarehouseSpec::fresh(&name, dir.path(), s3, &pg)?;
                 let slot = format!("bench_copy_{name}");
-                let run = ingest(&exe, &url, &slot, &wh, s3, cfg.memory_limit).await?;
+                let run = run_ingest(
+                    "bitvelocity ingest (initial copy)",
+                    &url,
+                    "bench_copy",
+                    &slot,
+                    &wh,
+                    s3,
+                    cfg.memory_limit,
+                )
+                .await?;
                 client
                     .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
                     .await?;
                 // The index is the same whatever the storage: measured on the local copy.
                 if index_cost.is_none() && s3.is_none() {
-                    index_cost = Some(key_index_cost(&wh).await?);
+                    index_cost = Some(key_index_cost(&wh, TABLE).await?);
                 }
                 ours.push(run);
             }
@@ -148,33 +140,6 @@ pub async fn copy(cfg: CopyBenchConfig) -> Result<()> {
     Ok(())
 }
 
-/// Where the contender writes.
-enum WarehouseSpec {
-    Local(std::path::PathBuf),
-    S3 { url: String, catalog: String },
-}
-
-impl WarehouseSpec {
-    fn args(&self) -> Vec<String> {
-        match self {
-            WarehouseSpec::Local(p) => vec!["--warehouse".into(), p.display().to_string()],
-            WarehouseSpec::S3 { url, catalog } => vec![
-                "--warehouse".into(),
-                url.clone(),
-                "--catalog".into(),
-                catalog.clone(),
-            ],
-        }
-    }
-
-    fn open(&self) -> Result<catalog::Warehouse> {
-        Ok(match self {
-            WarehouseSpec::Local(p) => catalog::Warehouse::new(p)?,
-            WarehouseSpec::S3 { url, catalog } => catalog::Warehouse::open(url, Some(catalog))?,
-        })
-    }
-}
-
 /// The ceiling: PostgreSQL's binary COPY of the whole table, read and thrown away.
 async fn copy_binary(client: &tokio_postgres::Client) -> Result<Duration> {
     let bar = spinner("COPY ... TO STDOUT (FORMAT binary)")?;
@@ -195,99 +160,4 @@ async fn copy_binary(client: &tokio_postgres::Client) -> Result<Duration> {
         bail!("COPY returned nothing");
     }
     Ok(took)
-}
-
-/// Runs `bitvelocity ingest` until it has copied the table and caught up; times it and
-/// samples its peak resident memory.
-async fn ingest(
-    exe: &Path,
-    url: &str,
-    slot: &str,
-    wh: &WarehouseSpec,
-    s3: Option<&domains::SeaweedFs>,
-    memory: lakehouse::MemoryBudget,
-) -> Result<Copied> {
-    let bar = spinner("bitvelocity ingest (initial copy)")?;
-    let log = tempfile::NamedTempFile::new()?;
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        "ingest",
-        "--pg",
-        url,
-        "--publication",
-        "bench_copy",
-        "--slot",
-        slot,
-    ])
-    .args(wh.args())
-    .args([
-        "--exit-when-caught-up",
-        "--maintain-every",
-        "0",
-        "--memory-limit",
-        &memory.limit().to_string(),
-    ])
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::null())
-    // A file, not a pipe nobody reads until the end (a full pipe would stall the child).
-    .stderr(Stdio::from(log.reopen()?));
-    if let Some(s3) = s3 {
-        cmd.envs(s3.env());
-    }
-    let t = Instant::now();
-    let mut child = cmd.spawn().context("starting bitvelocity ingest")?;
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak = 0u64;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if let Ok(text) = std::fs::read_to_string(&status_path) {
-            peak = peak.max(vm_hwm(&text).unwrap_or(0));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let secs = t.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    if !status.success() {
-        let err = std::fs::read_to_string(log.path()).unwrap_or_default();
-        bail!("bitvelocity ingest failed ({status}): {err}");
-    }
-    Ok(Copied {
-        secs,
-        peak_rss: peak,
-    })
-}
-
-/// `VmHWM` (peak resident set) of a `/proc/<pid>/status` text, in bytes.
-fn vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// The silver table's key index as the ingester holds it: bytes and keys.
-async fn key_index_cost(wh: &WarehouseSpec) -> Result<(usize, usize)> {
-    let wh = wh.open()?;
-    let cat = wh.open_catalog().await?;
-    let ident = catalog::TableIdent::new(
-        catalog::NamespaceIdent::new("silver".into()),
-        TABLE.to_string(),
-    );
-    let table = cat.load_table(&ident).await?;
-    let index = lakehouse::silver::index_of(&table).await?;
-    Ok((index.heap_bytes(), index.len()))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn spinner(msg: &str) -> Result<ProgressBar> {
-    let bar = ProgressBar::new_spinner()
-        .with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
-    bar.set_message(msg.to_string());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    Ok(bar)
 }

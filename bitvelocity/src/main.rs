@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_copy;
+mod bench_proc;
 mod bench_silver;
 mod demo;
 mod inspect;
@@ -254,7 +255,7 @@ enum BenchCommand {
         #[arg(long)]
         s3: bool,
     },
-    /// Drain one backlog with pg_recvlogical, our decoder (discarding), and our bronze ingest; then freshness.
+    /// Drain one backlog with pg_recvlogical, our decoder (discarding), and the real ingest process into bronze and silver; then freshness.
     Ingest {
         /// Inserts in the backlog (updates of half of them follow).
         #[arg(long, default_value_t = 1_000_000)]
@@ -262,6 +263,15 @@ enum BenchCommand {
         /// Rows per source transaction while loading.
         #[arg(long, default_value_t = 10_000)]
         txn_rows: u64,
+        /// Rounds (contenders alternate their order; medians printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Also run the ingest process on SeaweedFS S3 with a PostgreSQL catalog.
+        #[arg(long)]
+        s3: bool,
+        /// The ingest process's --memory-limit.
+        #[arg(long, default_value = "1GiB")]
+        memory_limit: lakehouse::MemoryBudget,
         /// Steady load for the freshness measurement, changes per second.
         #[arg(long, default_value_t = 5_000)]
         rate: u64,
@@ -424,6 +434,9 @@ async fn main() {
                 BenchCommand::Ingest {
                     rows,
                     txn_rows,
+                    rounds,
+                    s3,
+                    memory_limit,
                     rate,
                     freshness_secs,
                 },
@@ -432,6 +445,9 @@ async fn main() {
             bench::ingest(bench::BenchConfig {
                 rows,
                 txn_rows,
+                rounds,
+                s3,
+                memory_limit,
                 freshness_rate: rate,
                 freshness_secs,
             })
