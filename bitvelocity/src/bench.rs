@@ -188,7 +188,8 @@ pub async fn ingest(cfg: BenchConfig) -> Result<()> {
                         cfg.memory_limit,
                     )
                     .await?;
-                    // It must have written every change, and silver the table as it is.
+                    // A sanity check of counts, not of values (the test suite checks those): bronze
+                    // holds every change, silver one row per key.
                     let bronze = live_rows(wh, "bronze", TABLE).await?;
                     let silver = live_rows(wh, "silver", TABLE).await?;
                     if bronze != changes || silver != cfg.rows {

@@ -47,7 +47,7 @@ pub async fn resync(warehouse: &super::WarehouseArgs, table: &str, wait: bool) -
     let leases = wh.catalog_url().leases().await?;
     match leases.holder(catalog::lease::INGESTER_LEASE).await? {
         Some(h) if h.is_live() => println!(
-            "resync of {name} requested: the running ingester ({}, {}) copies it afresh within seconds; the other tables keep streaming from their positions",
+            "resync of {name} requested: the running ingester ({}, {}) picks it up within seconds and copies it afresh; the other tables keep their positions, their commits pausing while the copy runs",
             h.holder, h.owner
         ),
         _ => println!(

@@ -31,8 +31,9 @@ use crate::{Lsn, Result};
 /// - **Retention.** Once [`ChangeSource::retain`] returned, the source keeps every change
 ///   after the oldest position any table still needs, across restarts of either side,
 ///   until [`ChangeStream::confirm`] says a position is durable in every table. A source
-///   that can no longer serve a position it was asked to keep fails with
-///   [`crate::IngestError::Gap`] rather than skip.
+///   whose retention is gone (the slot was dropped) fails with [`crate::IngestError::Gap`]
+///   rather than skip. What it cannot detect is retention moved by someone else (a slot
+///   advanced by hand or shared with another consumer): the slot must be ours alone.
 /// - **Snapshots.** [`ChangeSource::begin_copy`] fixes one consistent snapshot at a position
 ///   `p`: every transaction ending at or before `p` is in it and no later one, so copying
 ///   tables under it and then streaming from `p` yields each change exactly once.

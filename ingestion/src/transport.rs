@@ -116,7 +116,10 @@ pub fn split_security(url: &str) -> Result<(String, Security)> {
         }
     } else {
         let mut kept = Vec::new();
-        for pair in url.split_whitespace() {
+        // libpq allows spaces around `=` (`sslmode = verify-full`): join them first, so no
+        // setting is missed (and silently left at `prefer`).
+        let joined = join_around_equals(url);
+        for pair in joined.split_whitespace() {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if !take(k.trim(), v.trim_matches('\'').trim())? {
                 kept.push(pair);
@@ -423,11 +426,48 @@ pub async fn open(host: &Host, port: u16, security: &Security, addr: &str) -> Re
             tcp.set_nodelay(true)?;
             Ok(Socket::Tcp(tcp))
         }
-        Err(source) => Err(IngestError::Tls {
-            addr: addr.to_string(),
-            source,
-        }),
+        // A handshake the peer or our checks refused is a TLS failure (not retried); a
+        // connection reset mid-handshake (a restarting server) is a lost connection.
+        Err(source) if source.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+            Err(IngestError::Tls {
+                addr: addr.to_string(),
+                source,
+            })
+        }
+        Err(source) => Err(IngestError::Io(source)),
     }
+}
+
+/// `k = v` written as `k=v` (whitespace around `=` removed), for key=value connection strings.
+fn join_around_equals(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            // Drop whitespace before an `=`.
+            let mut ws = String::from(c);
+            while let Some(&n) = chars.peek() {
+                if n.is_whitespace() {
+                    ws.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if chars.peek() != Some(&'=') {
+                out.push_str(&ws);
+            }
+        } else if c == '=' {
+            out.push('=');
+            // And after it.
+            while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl AsyncRead for Socket {
@@ -500,6 +540,11 @@ mod tests {
         let (url, s) = split_security("postgres://u@h/db").unwrap();
         assert_eq!(s.mode, SslMode::Prefer);
         assert_eq!(url, "postgres://u@h/db?sslmode=prefer");
+
+        // Spaces around `=` are allowed, as in libpq: the mode is read, not left at prefer.
+        let (url, s) = split_security("host=db  sslmode = verify-full user=u").unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        assert_eq!(url, "host=db user=u sslmode=require");
 
         let err = split_security("postgres://u@h/db?sslmode=sometimes").unwrap_err();
         assert!(err.to_string().contains("sslmode=sometimes"), "{err}");

@@ -78,6 +78,11 @@ async fn a_resync_recopies_one_table_while_changes_keep_coming() {
 
     // Changes to both tables before, during and after the resync of `a`.
     let requests = wh.catalog_url().requests().await.unwrap();
+    // The published consistent position, sampled every change: it may only grow (a copy's
+    // commit at its snapshot position must not publish it while `b` is still behind).
+    let cat = wh.open_catalog().await.unwrap();
+    let silver_ns = catalog::NamespaceIdent::new("silver".to_string());
+    let mut consistent: Vec<u64> = Vec::new();
     let mut rng = StdRng::seed_from_u64(5);
     let (mut asked, mut done_after) = (None, None::<usize>);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -109,6 +114,21 @@ async fn a_resync_recopies_one_table_while_changes_keep_coming() {
                 .await
                 .unwrap();
             asked = Some(i);
+        }
+        if let Some(v) = cat
+            .get_namespace(&silver_ns)
+            .await
+            .ok()
+            .and_then(|n| n.properties().get("bitvelocity.consistent-lsn").cloned())
+        {
+            let v: u64 = v.parse().unwrap();
+            if let Some(&last) = consistent.last() {
+                assert!(
+                    v >= last,
+                    "the consistent position went back from {last:#x} to {v:#x} (change {i})"
+                );
+            }
+            consistent.push(v);
         }
         if asked.is_some() && done_after.is_none() {
             let pending = requests.pending(catalog::requests::RESYNC).await.unwrap();

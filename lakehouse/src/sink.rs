@@ -108,6 +108,11 @@ pub struct TableProgress {
 ///   recorded anyway (an empty initial copy; a copy's final commit after its pieces).
 ///   A table with no rows and not marked keeps its snapshot and position: its position
 ///   lags, which only means a restart re-reads (and skips) changes it never had.
+/// - **What a commit covers.** A commit with an empty `mark` is a stream commit: every
+///   table not written had no change of a transaction ending at or before `lsn`. A commit
+///   with a `mark` is a copy's: it says nothing of the other tables, which may still be
+///   behind `lsn` (a consistent position is published only once every table is complete
+///   up to it and none is past it).
 /// - **Retries.** Calls are sequential (`&mut self`). A failed `commit` may have committed
 ///   some tables and not others, or one whose outcome is unknown: the caller never retries
 ///   it as if nothing happened, but calls `prepare` again (or restarts), which reads back

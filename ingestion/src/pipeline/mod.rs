@@ -438,7 +438,12 @@ impl<C: ChangeSource, S: ChangeSink> Pipeline<C, S> {
             // Between transactions with nothing pending: has an operator asked for a resync?
             if idle && requests_checked.elapsed() >= REQUEST_POLL {
                 requests_checked = Instant::now();
-                let asked = self.sink.resync_requested().await?;
+                // A failed look (the catalog database blinked) is not worth the stream: it is
+                // asked again at the next poll.
+                let asked = self.sink.resync_requested().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not read operator requests; asking again shortly");
+                    Vec::new()
+                });
                 if !asked.is_empty() {
                     tracing::info!(
                         tables = asked.len(),
@@ -446,8 +451,11 @@ impl<C: ChangeSource, S: ChangeSink> Pipeline<C, S> {
                     );
                     confirm(&mut stream, &self.metrics, acked(confirmed, states)).await?;
                     // Everything is committed: persist what speeds up the restart (silver's
-                    // key indexes), so the other tables' are not rebuilt.
-                    self.sink.close().await?;
+                    // key indexes), so the other tables' are not rebuilt. A failure costs a
+                    // rebuild later, never data.
+                    if let Err(e) = self.sink.close().await {
+                        tracing::warn!(error = %e, "could not checkpoint before the resync's restart");
+                    }
                     return Ok(None);
                 }
             }

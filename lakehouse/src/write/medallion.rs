@@ -43,8 +43,12 @@ pub struct MedallionSink {
     /// Per table: written since the last commit, and commits since its last maintenance.
     written: Vec<bool>,
     since_maintenance: Vec<u32>,
-    /// Per table: holds a source position (copied at least once).
-    positioned: Vec<bool>,
+    /// Per table: the source position of its newest snapshot (none before its first copy).
+    position: Vec<Option<u64>>,
+    /// Per table: the position up to which it is known to hold every change. A stream
+    /// commit (empty `mark`) covers every table, written or not; a copy's commit only the
+    /// tables it copied, so the others stay at their own positions meanwhile.
+    complete: Vec<Option<u64>>,
     /// Per table: its capture stopped (an incompatible schema change); left out of the
     /// consistent position and of maintenance.
     stopped: Vec<bool>,
@@ -85,7 +89,8 @@ impl MedallionSink {
             resync_asked: HashMap::new(),
             written: Vec::new(),
             since_maintenance: Vec::new(),
-            positioned: Vec::new(),
+            position: Vec::new(),
+            complete: Vec::new(),
             stopped: Vec::new(),
             memory: crate::MemoryBudget::default(),
         })
@@ -338,7 +343,6 @@ impl ChangeSink for MedallionSink {
         self.names = crate::naming::resolve(self.catalog.as_ref(), tables).await?;
         self.written = vec![false; tables.len()];
         self.since_maintenance = vec![0; tables.len()];
-        self.positioned = vec![false; tables.len()];
         // Tables stopped by an earlier run stay out of consistent reads until they commit again.
         let listed = stopped_tables(self.catalog.as_ref()).await?;
         self.stopped = self.names.iter().map(|n| listed.contains(n)).collect();
@@ -365,9 +369,8 @@ impl ChangeSink for MedallionSink {
                 _ => {}
             }
         }
-        for (p, b) in self.positioned.iter_mut().zip(&bronze) {
-            *p = b.source_lsn.is_some();
-        }
+        self.position = bronze.iter().map(|b| b.source_lsn).collect();
+        self.complete = self.position.clone();
         Ok(bronze)
     }
 
@@ -469,15 +472,23 @@ impl ChangeSink for MedallionSink {
             }
             self.publish_stopped().await?;
         }
-        for (idx, p) in self.positioned.iter_mut().enumerate() {
-            *p |= changed[idx] || mark.contains(&idx);
+        for (idx, &written) in changed.iter().enumerate() {
+            if written || mark.contains(&idx) {
+                self.position[idx] = Some(lsn);
+                self.complete[idx] = Some(lsn);
+            } else if mark.is_empty() {
+                // A stream commit: this table had no change up to `lsn`.
+                self.complete[idx] = self.complete[idx].map(|c| c.max(lsn));
+            }
         }
-        if self
-            .positioned
-            .iter()
-            .zip(&self.stopped)
-            .all(|(&p, &s)| p || s)
-        {
+        // `lsn` is a consistent position only if every table is complete up to it and none
+        // holds anything past it (a table ahead, after a crash between tables' commits,
+        // cannot be read as of `lsn`); stopped tables are left out.
+        if (0..changed.len()).all(|i| {
+            self.stopped[i]
+                || (self.complete[i].is_some_and(|c| c >= lsn)
+                    && self.position[i].is_some_and(|p| p <= lsn))
+        }) {
             let ns = catalog::NamespaceIdent::new(crate::silver::SILVER_NAMESPACE.to_string());
             self.catalog
                 .update_namespace(
