@@ -55,17 +55,8 @@ pub async fn copy(cfg: CopyBenchConfig) -> Result<()> {
         cfg.rows, cfg.memory_limit
     );
 
-    let s3 = if cfg.s3 {
-        let s3 = tokio::task::spawn_blocking(domains::SeaweedFs::start).await??;
-        s3.create_bucket("bench")?;
-        Some(s3)
-    } else {
-        None
-    };
-    let mut targets: Vec<(&str, Option<&domains::SeaweedFs>)> = vec![("local disk", None)];
-    if let Some(s3) = &s3 {
-        targets.push(("SeaweedFS S3", Some(s3)));
-    }
+    let s3 = crate::bench_proc::start_s3(cfg.s3).await?;
+    let targets = crate::bench_proc::targets(s3.as_ref());
     let dir = tempfile::tempdir()?;
     println!(
         "{:<14} {:<34} {:>8} {:>12} {:>7} {:>10}",

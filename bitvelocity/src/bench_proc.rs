@@ -8,6 +8,27 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A SeaweedFS S3 server with bucket `bench`, when asked for (stopped when dropped).
+pub async fn start_s3(wanted: bool) -> Result<Option<domains::SeaweedFs>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let s3 = tokio::task::spawn_blocking(domains::SeaweedFs::start).await??;
+    s3.create_bucket("bench")?;
+    Ok(Some(s3))
+}
+
+/// The storages to measure: local disk, then S3 when started.
+pub fn targets(
+    s3: Option<&domains::SeaweedFs>,
+) -> Vec<(&'static str, Option<&domains::SeaweedFs>)> {
+    let mut targets = vec![("local disk", None)];
+    if let Some(s3) = s3 {
+        targets.push(("SeaweedFS S3", Some(s3)));
+    }
+    targets
+}
+
 /// Where a contender writes.
 pub enum WarehouseSpec {
     /// A local folder with its SQLite catalog.

@@ -23,11 +23,13 @@ pub(crate) const CREATE_REQUESTS: &str = "CREATE TABLE IF NOT EXISTS bitvelocity
 const ADD_QMARK: &str =
     "INSERT INTO bitvelocity_requests (catalog_name, kind, target, requested_by, requested_at)
     VALUES (?, ?, ?, ?, ?) ON CONFLICT (catalog_name, kind, target)
-    DO UPDATE SET requested_by = excluded.requested_by, requested_at = excluded.requested_at";
+    DO UPDATE SET requested_by = excluded.requested_by,
+        requested_at = MAX(bitvelocity_requests.requested_at + 1, excluded.requested_at)";
 const ADD_DOLLAR: &str =
     "INSERT INTO bitvelocity_requests (catalog_name, kind, target, requested_by, requested_at)
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (catalog_name, kind, target)
-    DO UPDATE SET requested_by = excluded.requested_by, requested_at = excluded.requested_at";
+    DO UPDATE SET requested_by = excluded.requested_by,
+        requested_at = GREATEST(bitvelocity_requests.requested_at + 1, excluded.requested_at)";
 const LIST_QMARK: &str = "SELECT target, requested_at FROM bitvelocity_requests WHERE catalog_name = ? AND kind = ? ORDER BY requested_at, target";
 const LIST_DOLLAR: &str = "SELECT target, requested_at FROM bitvelocity_requests WHERE catalog_name = $1 AND kind = $2 ORDER BY requested_at, target";
 const DONE_QMARK: &str = "DELETE FROM bitvelocity_requests WHERE catalog_name = ? AND kind = ? AND target = ? AND requested_at <= ?";
@@ -60,7 +62,8 @@ impl Requests {
     }
 
     /// Records a `kind` request for `target` by `by`; asking again while one is pending
-    /// moves it to now (so a repeat made while the work runs is answered again).
+    /// moves it to now, and always past what [`Self::pending`] said before (whatever the
+    /// asking host's clock), so a repeat made while the work runs is answered again.
     pub async fn add(&self, kind: &str, target: &str, by: &str) -> Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

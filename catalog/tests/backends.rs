@@ -456,12 +456,62 @@ async fn suite(b: Backend) {
     );
 }
 
+/// A repeated request is never cleared by the work that answered the earlier one, even
+/// within the same millisecond or from a host whose clock is behind.
+async fn requests_suite(b: &Backend) {
+    let requests = b.warehouse.catalog_url().requests().await.unwrap();
+    let kind = catalog::requests::RESYNC;
+    requests.add(kind, "t", "first").await.unwrap();
+    let first = requests.pending(kind).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let asked_at = first[0].1;
+    // Asked again at once (same millisecond, most likely): it moves past `asked_at`.
+    requests.add(kind, "t", "again").await.unwrap();
+    requests.done(kind, "t", asked_at).await.unwrap();
+    let left = requests.pending(kind).await.unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "the repeat was cleared with the first: {left:?}"
+    );
+    assert!(left[0].1 > asked_at);
+    requests.done(kind, "t", left[0].1).await.unwrap();
+    assert!(requests.pending(kind).await.unwrap().is_empty());
+
+    // The first request came from a host whose clock is an hour ahead of the one repeating it.
+    requests.add(kind, "u", "fast clock").await.unwrap();
+    let ahead =
+        "UPDATE bitvelocity_requests SET requested_at = requested_at + 3600000 WHERE target = 'u'";
+    match b.warehouse.catalog_url() {
+        catalog::pointer::CatalogUrl::Sqlite(url) => {
+            let db = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(ahead).execute(&db).await.unwrap();
+        }
+        catalog::pointer::CatalogUrl::Postgres(url) => {
+            let db = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(ahead).execute(&db).await.unwrap();
+        }
+    }
+    let asked_at = requests.pending(kind).await.unwrap()[0].1;
+    requests.add(kind, "u", "slow clock").await.unwrap();
+    requests.done(kind, "u", asked_at).await.unwrap();
+    assert_eq!(
+        requests.pending(kind).await.unwrap().len(),
+        1,
+        "a repeat from a host with a slower clock was cleared unanswered"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_on_local_disk() {
-    suite(sqlite_local()).await;
+    let b = sqlite_local();
+    requests_suite(&b).await;
+    suite(b).await;
 }
 
 #[tokio::test]
 async fn postgres_on_s3() {
-    suite(postgres_s3().await).await;
+    let b = postgres_s3().await;
+    requests_suite(&b).await;
+    suite(b).await;
 }

@@ -430,6 +430,9 @@ impl SilverSink {
                 t.index = PkIndex::rebuild(&t.table, &t.key_schema).await?;
                 t.index_stale = false;
             }
+            // The snapshot the index (and so this plan) describes: what it is brought forward
+            // from if a rewrite wins the race, however many same-files retries come first.
+            let described = t.table.metadata().current_snapshot_id();
             let plan = plan(t)?;
             let data_files = write_new_rows(t, &plan).await?;
             crate::crash::point("silver.after_data_files");
@@ -501,6 +504,12 @@ impl SilverSink {
                             && let Err(e) = checkpoint(t).await
                         {
                             tracing::warn!(table = %t.ident, error = %e, "could not checkpoint the key index");
+                            if matches!(e, LakehouseError::BadIndexCheckpoint(_)) {
+                                // The index itself is wrong (it names a file it forgot): it
+                                // must not place another delete; rebuilt before the next plan.
+                                tracing::error!(table = %t.ident, "the key index is inconsistent; rebuilding it");
+                                t.index_stale = true;
+                            }
                         }
                         tracing::debug!(table = %t.ident, lsn, rows = t.index.len(), "silver commit");
                         return Ok(());
@@ -519,7 +528,6 @@ impl SilverSink {
                     // Still the base the plan was made on: read its files once per plan.
                     base_files = Some(live_data_paths(&t.table).await?);
                 }
-                let described = t.table.metadata().current_snapshot_id();
                 t.table =
                     crate::bronze::reload_behind(catalog.as_ref(), &t.ident, lsn, planned).await?;
                 let after = live_data_paths(&t.table).await?;
