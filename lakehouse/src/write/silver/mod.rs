@@ -159,6 +159,25 @@ fn key_positions(ident: &TableIdent, arrow: &SchemaRef, key: &[String]) -> Resul
 
 /// A change batch in silver's input layout: the columns of `arrow` (found by field id, else
 /// by name; absent ones null, narrower ones widened), then `_op` and `_unchanged_cols`.
+/// Whether `batch` (change-log layout) holds only rows of an initial copy: inserts without a
+/// transaction id (every change of the stream carries one).
+fn is_copy_batch(batch: &RecordBatch) -> bool {
+    let schema = batch.schema();
+    let (Ok(txid), Ok(op)) = (
+        schema.index_of(crate::schema::TXID_COLUMN),
+        schema.index_of(OP_COLUMN),
+    ) else {
+        return false;
+    };
+    if batch.column(txid).null_count() != batch.num_rows() {
+        return false;
+    }
+    batch
+        .column(op)
+        .as_string_opt::<i32>()
+        .is_some_and(|ops| ops.null_count() == 0 && ops.iter().all(|o| o == Some("insert")))
+}
+
 fn conform_input(
     ident: &TableIdent,
     batch: &RecordBatch,
@@ -668,8 +687,9 @@ impl ChangeSink for SilverSink {
             .get_mut(table)
             .ok_or(LakehouseError::UnknownTable(table))?;
         if batch.num_rows() > 0 {
+            let copy = is_copy_batch(&batch);
             let batch = conform_input(&t.ident, &batch, &t.arrow)?;
-            t.pending.push(batch, budget)?;
+            t.pending.push(batch, budget, copy)?;
         }
         Ok(())
     }

@@ -53,6 +53,9 @@ pub(super) struct Plan {
     touched: HashMap<Box<[u8]>, Vec<Cur>, crate::pk_index::Hasher>,
     /// Updates and deletes whose key had no live row (logged; nothing to remove).
     missing: u64,
+    /// An initial copy's rows (every row new and alive, in order): their keys, per pending
+    /// batch, pushed into the index as they are, with no per-key planning.
+    fresh: Vec<arrow::row::Rows>,
 }
 
 /// Replays the pending change rows of `t` against its index: which rows die, which are new.
@@ -74,7 +77,29 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
         rows: Vec::new(),
         touched: HashMap::default(),
         missing: 0,
+        fresh: Vec::new(),
     };
+    if t.pending.copy_only() {
+        // Rows of one snapshot of the source table: each key once, and none already in the
+        // table (a copy starts on an empty or reset table, and its pieces are disjoint).
+        for b in 0..t.pending.len() {
+            let batch = &pending_batch(t, b)?;
+            let key_arrays = t
+                .key_cols
+                .iter()
+                .zip(t.key_schema.fields())
+                .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
+                .collect::<Result<Vec<_>>>()?;
+            p.fresh.push(converter.convert_columns(&key_arrays)?);
+            p.rows.extend((0..batch.num_rows()).map(|r| NewRow {
+                batch: b as u32,
+                row: r as u32,
+                alive: true,
+                carried: Vec::new(),
+            }));
+        }
+        return Ok(p);
+    }
     let mut base_cleared = t.reset;
     // The row a delete just removed: when the change right after it is an update of a key
     // without a live row, the row moved to a new key and unsent values come from here.
@@ -372,6 +397,24 @@ pub(super) fn apply_to_index(
         starts.push(acc);
         acc += n;
         ids.push(index.file_id(path));
+    }
+    // An initial copy's rows: new keys, in output order (each written, none dropped).
+    let copied: u64 = plan.fresh.iter().map(|k| k.num_rows() as u64).sum();
+    if !plan.fresh.is_empty() && copied != acc {
+        return Err(LakehouseError::PlanInvariant(format!(
+            "{copied} copied rows to index, {acc} written"
+        )));
+    }
+    let mut o = 0u64;
+    let mut f = 0usize;
+    for keys in &plan.fresh {
+        for key in keys.iter() {
+            while f + 1 < starts.len() && starts[f + 1] <= o {
+                f += 1;
+            }
+            index.push(key.as_ref(), loc(ids[f], o - starts[f])?);
+            o += 1;
+        }
     }
     for (key, curs) in plan.touched {
         let mut locs = Vec::with_capacity(curs.len());
