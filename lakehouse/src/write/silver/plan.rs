@@ -53,8 +53,9 @@ pub(super) struct Plan {
     touched: HashMap<Box<[u8]>, Vec<Cur>, crate::pk_index::Hasher>,
     /// Updates and deletes whose key had no live row (logged; nothing to remove).
     missing: u64,
-    /// An initial copy's rows (every row new and alive, in order): their keys, per pending
-    /// batch, pushed into the index as they are, with no per-key planning.
+    /// An initial copy's rows (every row new and alive, in order; `rows` stays empty): their
+    /// keys, per pending batch, pushed into the index as they are, with no per-key planning,
+    /// and the batches written as they are.
     fresh: Vec<arrow::row::Rows>,
 }
 
@@ -91,12 +92,6 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
                 .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
                 .collect::<Result<Vec<_>>>()?;
             p.fresh.push(converter.convert_columns(&key_arrays)?);
-            p.rows.extend((0..batch.num_rows()).map(|r| NewRow {
-                batch: b as u32,
-                row: r as u32,
-                alive: true,
-                carried: Vec::new(),
-            }));
         }
         return Ok(p);
     }
@@ -260,7 +255,7 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
 /// committed rows (carried values) it takes values from.
 pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<DataFile>> {
     let alive: Vec<&NewRow> = plan.rows.iter().filter(|r| r.alive).collect();
-    if alive.is_empty() {
+    if alive.is_empty() && plan.fresh.is_empty() {
         return Ok(Vec::new());
     }
     let ident = t.table.identifier().clone();
@@ -269,6 +264,21 @@ pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<D
         .await
         .map_err(LakehouseError::iceberg(&ident))?;
     let mut rows = 0u64;
+    // An initial copy's rows are the pending batches' silver columns, in order.
+    for b in 0..if plan.fresh.is_empty() {
+        0
+    } else {
+        t.pending.len()
+    } {
+        let input = pending_batch(t, b)?;
+        let columns = input.columns()[..t.arrow.fields().len()].to_vec();
+        let batch = RecordBatch::try_new(t.arrow.clone(), columns)?;
+        rows += batch.num_rows() as u64;
+        writer
+            .write(batch)
+            .await
+            .map_err(LakehouseError::iceberg(&ident))?;
+    }
     for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
         let batch = assemble(t, chunk).await?;
         rows += batch.num_rows() as u64;
