@@ -59,6 +59,15 @@ pub(super) struct Plan {
     fresh: Vec<arrow::row::Rows>,
 }
 
+/// The key columns of a pending batch of `t`, in the key's types.
+fn key_arrays(t: &SilverTable, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    t.key_cols
+        .iter()
+        .zip(t.key_schema.fields())
+        .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
+        .collect()
+}
+
 /// Replays the pending change rows of `t` against its index: which rows die, which are new.
 pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
     let n = t.arrow.fields().len();
@@ -85,13 +94,8 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
         // table (a copy starts on an empty or reset table, and its pieces are disjoint).
         for b in 0..t.pending.len() {
             let batch = &pending_batch(t, b)?;
-            let key_arrays = t
-                .key_cols
-                .iter()
-                .zip(t.key_schema.fields())
-                .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
-                .collect::<Result<Vec<_>>>()?;
-            p.fresh.push(converter.convert_columns(&key_arrays)?);
+            p.fresh
+                .push(converter.convert_columns(&key_arrays(t, batch)?)?);
         }
         return Ok(p);
     }
@@ -113,13 +117,7 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
         }
         let ops = batch.column(op_col).as_string::<i32>();
         let unchanged = batch.column(unchanged_col).as_list::<i32>();
-        let key_arrays = t
-            .key_cols
-            .iter()
-            .zip(t.key_schema.fields())
-            .map(|(&c, f)| conform(batch.column(c).clone(), f.data_type()))
-            .collect::<Result<Vec<_>>>()?;
-        let keys = converter.convert_columns(&key_arrays)?;
+        let keys = converter.convert_columns(&key_arrays(t, batch)?)?;
         for r in 0..batch.num_rows() {
             let op = ops.value(r);
             let moved_from = moved.take();
