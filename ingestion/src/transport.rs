@@ -6,8 +6,9 @@
 //! uses it when the server offers it; `require` insists on it without checking the
 //! certificate, unless `sslrootcert` is given (then as `verify-ca`); `verify-ca` checks the
 //! chain against the root certificates; `verify-full` also checks the host name. Root
-//! certificates come from `sslrootcert` (a PEM file, or `system`), else the system's store.
-//! Unix sockets never use TLS, as with libpq.
+//! certificates come from `sslrootcert` (a PEM file, or `system`), else the system's store;
+//! `sslrootcert=system` implies `verify-full` and refuses a weaker mode (libpq 16). Unix
+//! sockets never use TLS, as with libpq.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -78,9 +79,11 @@ pub fn split_security(url: &str) -> Result<(String, Security)> {
         mode: SslMode::Prefer,
         root_cert: None,
     };
+    let mut mode_set = false;
     let mut take = |key: &str, value: &str| -> Result<bool> {
         match key {
             "sslmode" => {
+                mode_set = true;
                 security.mode = SslMode::parse(value).ok_or_else(|| {
                     IngestError::InvalidUrl(format!(
                         "sslmode={value}: expected disable, prefer, require, verify-ca or verify-full"
@@ -127,6 +130,17 @@ pub fn split_security(url: &str) -> Result<(String, Security)> {
         }
         kept.join(" ")
     };
+    // As libpq (16+): the system's roots are only worth trusting with the host name checked,
+    // so `sslrootcert=system` means verify-full, and a weaker mode with it is an error.
+    if security.root_cert.as_deref() == Some("system") {
+        if !mode_set {
+            security.mode = SslMode::VerifyFull;
+        } else if security.mode != SslMode::VerifyFull {
+            return Err(IngestError::InvalidUrl(
+                "sslrootcert=system needs sslmode=verify-full (or no sslmode)".into(),
+            ));
+        }
+    }
     // tokio-postgres is told only whether to try TLS; what is checked is our `ClientConfig`.
     let wire = match security.mode {
         SslMode::Disable => "disable",
@@ -545,6 +559,12 @@ mod tests {
         let (url, s) = split_security("host=db  sslmode = verify-full user=u").unwrap();
         assert_eq!(s.mode, SslMode::VerifyFull);
         assert_eq!(url, "host=db user=u sslmode=require");
+
+        // sslrootcert=system: verify-full by default, weaker modes refused (as libpq 16).
+        let (_, s) = split_security("postgres://u@h/db?sslrootcert=system").unwrap();
+        assert_eq!(s.mode, SslMode::VerifyFull);
+        let err = split_security("host=h sslrootcert=system sslmode=require").unwrap_err();
+        assert!(err.to_string().contains("verify-full"), "{err}");
 
         let err = split_security("postgres://u@h/db?sslmode=sometimes").unwrap_err();
         assert!(err.to_string().contains("sslmode=sometimes"), "{err}");
