@@ -25,8 +25,8 @@ use crate::{IngestError, Lsn, Result};
 enum Seen {
     /// Rows of a table handed to the sink: its `id` values.
     Write(usize, Vec<i32>),
-    /// A sink commit at this position.
-    Commit(u64),
+    /// A sink commit at this position, with its marked tables.
+    Commit(u64, Vec<usize>),
     /// A position acknowledged to the source.
     Confirm(u64),
     /// A table's capture stopped.
@@ -34,6 +34,9 @@ enum Seen {
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
+
+/// A copy's snapshot position and each table's rows in it: (oid, ids).
+type Snapshot = (Lsn, Vec<(u32, Vec<&'static [u8]>)>);
 
 fn table(oid: u32, name: &str) -> SourceTable {
     let col = |name: &str, type_oid, kind, attnum| PgColumn {
@@ -109,6 +112,8 @@ struct Scripted {
     script: Vec<Message<'static>>,
     end: Lsn,
     incompatible: Option<u32>,
+    /// The snapshot a copy is taken at, and each table's rows in it (ids, by oid).
+    snapshot: Option<Snapshot>,
     streamed_from: Arc<Mutex<Option<Lsn>>>,
     log: Log,
 }
@@ -136,20 +141,39 @@ impl ChangeSource for Scripted {
     }
 
     async fn begin_copy(&mut self) -> Result<Lsn> {
-        Err(IngestError::NotOpen {
-            call: "every scripted table has a position: nothing to copy",
-        })
+        self.snapshot
+            .as_ref()
+            .map(|(at, _)| *at)
+            .ok_or(IngestError::NotOpen {
+                call: "this script has no snapshot to copy",
+            })
     }
 
     async fn copy_table<S: ChangeSink>(
         &mut self,
-        _table: &SourceTable,
-        _idx: usize,
-        _buf: &mut ChangeBuffer,
-        _sink: &mut S,
-        _stamp: CopyStamp,
+        table: &SourceTable,
+        idx: usize,
+        buf: &mut ChangeBuffer,
+        sink: &mut S,
+        stamp: CopyStamp,
     ) -> Result<u64> {
-        Err(IngestError::NotOpen { call: "copy_table" })
+        let rows = self
+            .snapshot
+            .as_ref()
+            .and_then(|(_, t)| t.iter().find(|(oid, _)| *oid == table.oid))
+            .map(|(_, ids)| ids.clone())
+            .unwrap_or_default();
+        for (seq, id) in rows.iter().enumerate() {
+            let meta = crate::changes::ChangeMeta {
+                lsn: stamp.lsn,
+                txid: None,
+                commit_ts: stamp.commit_ts,
+                seq: seq as i64,
+            };
+            buf.push_fields(&[Some(id), Some(b"copied")], meta)?;
+        }
+        sink.write(idx, buf.finish()?).await?;
+        Ok(rows.len() as u64)
     }
 
     async fn end_copy(&mut self) -> Result<()> {
@@ -246,8 +270,11 @@ impl ChangeSink for Recording {
         Ok(())
     }
 
-    async fn commit(&mut self, lsn: u64, _mark: &[usize]) -> lakehouse::Result<()> {
-        self.log.lock().unwrap().push(Seen::Commit(lsn));
+    async fn commit(&mut self, lsn: u64, mark: &[usize]) -> lakehouse::Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(Seen::Commit(lsn, mark.to_vec()));
         Ok(())
     }
 }
@@ -311,6 +338,7 @@ async fn each_table_skips_exactly_what_it_already_holds() {
         ],
         end: Lsn(0x258),
         incompatible: None,
+        snapshot: None,
         streamed_from: streamed_from.clone(),
         log,
     };
@@ -329,9 +357,9 @@ async fn each_table_skips_exactly_what_it_already_holds() {
     );
     let commits: Vec<&Seen> = seen
         .iter()
-        .filter(|s| matches!(s, Seen::Commit(_)))
+        .filter(|s| matches!(s, Seen::Commit(..)))
         .collect();
-    assert_eq!(commits, vec![&Seen::Commit(0x258)], "{seen:?}");
+    assert_eq!(commits, vec![&Seen::Commit(0x258, vec![])], "{seen:?}");
     assert_acknowledged_only_what_is_committed(&seen, 0x100);
     assert_eq!(seen.last(), Some(&Seen::Confirm(0x258)), "{seen:?}");
 }
@@ -354,6 +382,7 @@ async fn a_stopped_table_holds_back_what_is_acknowledged() {
         ],
         end: Lsn(0x308),
         incompatible: Some(2),
+        snapshot: None,
         streamed_from: Arc::new(Mutex::new(None)),
         log,
     };
@@ -364,7 +393,7 @@ async fn a_stopped_table_holds_back_what_is_acknowledged() {
         !seen.iter().any(|s| matches!(s, Seen::Write(1, _))),
         "the stopped table got rows: {seen:?}"
     );
-    assert!(seen.contains(&Seen::Commit(0x308)), "{seen:?}");
+    assert!(seen.contains(&Seen::Commit(0x308, vec![])), "{seen:?}");
     let confirms: Vec<u64> = seen
         .iter()
         .filter_map(|s| match s {
@@ -379,13 +408,64 @@ async fn a_stopped_table_holds_back_what_is_acknowledged() {
     );
 }
 
+/// A table without a position is copied under one snapshot and committed at its position,
+/// marked (so even an empty copy records it); the stream then starts at the oldest position
+/// and the copied table skips every transaction committed before its snapshot, while the
+/// other table takes them.
+#[tokio::test]
+async fn a_copied_table_starts_at_its_snapshot_and_the_others_at_theirs() {
+    let log = Log::default();
+    let streamed_from = Arc::new(Mutex::new(None));
+    let source = Scripted {
+        tables: vec![table(1, "a"), table(2, "b")],
+        script: vec![
+            relation(1, "a"),
+            relation(2, "b"),
+            // Before the snapshot (0x400): `a`'s copy holds it, `b` (at 0x100) does not.
+            begin(0x300),
+            insert(1, b"5"),
+            insert(2, b"5"),
+            commit(0x300, 0x308),
+            // After the snapshot: news for both.
+            begin(0x500),
+            insert(1, b"6"),
+            insert(2, b"6"),
+            commit(0x500, 0x508),
+        ],
+        end: Lsn(0x508),
+        incompatible: None,
+        snapshot: Some((Lsn(0x400), vec![(1, vec![b"1", b"5"])])),
+        streamed_from: streamed_from.clone(),
+        log,
+    };
+    let seen = run(source, vec![None, Some(0x100)]).await;
+    // The copy: a's rows, committed at the snapshot's position with `a` marked.
+    assert_eq!(
+        &seen[..2],
+        &[Seen::Write(0, vec![1, 5]), Seen::Commit(0x400, vec![0])],
+        "{seen:?}"
+    );
+    assert_eq!(*streamed_from.lock().unwrap(), Some(Lsn(0x100)));
+    let writes: Vec<&Seen> = seen[2..]
+        .iter()
+        .filter(|s| matches!(s, Seen::Write(..)))
+        .collect();
+    assert_eq!(
+        writes,
+        vec![&Seen::Write(0, vec![6]), &Seen::Write(1, vec![5, 6])],
+        "{seen:?}"
+    );
+    assert!(seen.contains(&Seen::Commit(0x508, vec![])), "{seen:?}");
+    assert_acknowledged_only_what_is_committed(&seen, 0x100);
+}
+
 /// No acknowledgement names a position that is not committed yet (or, before the first
 /// commit, past where the oldest table already stood).
 fn assert_acknowledged_only_what_is_committed(seen: &[Seen], start: u64) {
     let mut committed = start;
     for s in seen {
         match s {
-            Seen::Commit(l) => committed = committed.max(*l),
+            Seen::Commit(l, _) => committed = committed.max(*l),
             Seen::Confirm(l) => assert!(
                 *l <= committed,
                 "acknowledged {l:#x} with only {committed:#x} committed: {seen:?}"
