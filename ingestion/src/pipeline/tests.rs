@@ -124,6 +124,24 @@ struct ScriptedStream {
     log: Log,
 }
 
+impl Scripted {
+    /// Tables `a` (oid 1) and `b` (oid 2), their layouts announced first, then `script`; the
+    /// log ends at `end`; nothing to copy, every layout followable.
+    fn two_tables(script: Vec<Message<'static>>, end: u64) -> Self {
+        let mut all = vec![relation(1, "a"), relation(2, "b")];
+        all.extend(script);
+        Self {
+            tables: vec![table(1, "a"), table(2, "b")],
+            script: all,
+            end: Lsn(end),
+            incompatible: None,
+            snapshot: None,
+            streamed_from: Arc::default(),
+            log: Log::default(),
+        }
+    }
+}
+
 #[async_trait]
 impl ChangeSource for Scripted {
     type Stream = ScriptedStream;
@@ -310,13 +328,8 @@ async fn run(source: Scripted, start: Vec<Option<u64>>) -> Vec<Seen> {
 /// starts at the oldest table's position.
 #[tokio::test]
 async fn each_table_skips_exactly_what_it_already_holds() {
-    let log = Log::default();
-    let streamed_from = Arc::new(Mutex::new(None));
-    let source = Scripted {
-        tables: vec![table(1, "a"), table(2, "b")],
-        script: vec![
-            relation(1, "a"),
-            relation(2, "b"),
+    let source = Scripted::two_tables(
+        vec![
             // Committed at 0x150: table a (at 0x200) holds it, table b (at 0x100) does not.
             begin(0x150),
             insert(1, b"1"),
@@ -336,12 +349,9 @@ async fn each_table_skips_exactly_what_it_already_holds() {
             },
             commit(0x250, 0x258),
         ],
-        end: Lsn(0x258),
-        incompatible: None,
-        snapshot: None,
-        streamed_from: streamed_from.clone(),
-        log,
-    };
+        0x258,
+    );
+    let streamed_from = source.streamed_from.clone();
     let seen = run(source, vec![Some(0x200), Some(0x100)]).await;
     assert_eq!(*streamed_from.lock().unwrap(), Some(Lsn(0x100)));
     let writes: Vec<&Seen> = seen
@@ -369,23 +379,16 @@ async fn each_table_skips_exactly_what_it_already_holds() {
 /// still needs are kept.
 #[tokio::test]
 async fn a_stopped_table_holds_back_what_is_acknowledged() {
-    let log = Log::default();
-    let source = Scripted {
-        tables: vec![table(1, "a"), table(2, "b")],
-        script: vec![
-            relation(1, "a"),
-            relation(2, "b"),
+    let mut source = Scripted::two_tables(
+        vec![
             begin(0x300),
             insert(1, b"7"),
             insert(2, b"7"),
             commit(0x300, 0x308),
         ],
-        end: Lsn(0x308),
-        incompatible: Some(2),
-        snapshot: None,
-        streamed_from: Arc::new(Mutex::new(None)),
-        log,
-    };
+        0x308,
+    );
+    source.incompatible = Some(2);
     let seen = run(source, vec![Some(0x100), Some(0x200)]).await;
     assert!(seen.contains(&Seen::Stop(1)), "{seen:?}");
     assert!(seen.contains(&Seen::Write(0, vec![7])), "{seen:?}");
@@ -414,13 +417,8 @@ async fn a_stopped_table_holds_back_what_is_acknowledged() {
 /// other table takes them.
 #[tokio::test]
 async fn a_copied_table_starts_at_its_snapshot_and_the_others_at_theirs() {
-    let log = Log::default();
-    let streamed_from = Arc::new(Mutex::new(None));
-    let source = Scripted {
-        tables: vec![table(1, "a"), table(2, "b")],
-        script: vec![
-            relation(1, "a"),
-            relation(2, "b"),
+    let mut source = Scripted::two_tables(
+        vec![
             // Before the snapshot (0x400): `a`'s copy holds it, `b` (at 0x100) does not.
             begin(0x300),
             insert(1, b"5"),
@@ -432,12 +430,10 @@ async fn a_copied_table_starts_at_its_snapshot_and_the_others_at_theirs() {
             insert(2, b"6"),
             commit(0x500, 0x508),
         ],
-        end: Lsn(0x508),
-        incompatible: None,
-        snapshot: Some((Lsn(0x400), vec![(1, vec![b"1", b"5"])])),
-        streamed_from: streamed_from.clone(),
-        log,
-    };
+        0x508,
+    );
+    source.snapshot = Some((Lsn(0x400), vec![(1, vec![b"1", b"5"])]));
+    let streamed_from = source.streamed_from.clone();
     let seen = run(source, vec![None, Some(0x100)]).await;
     // The copy: a's rows, committed at the snapshot's position with `a` marked.
     assert_eq!(
