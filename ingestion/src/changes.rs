@@ -103,6 +103,11 @@ impl ChangeBuffer {
         self.rows
     }
 
+    /// The change-log schema of the batches this buffer produces.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
     /// Whether nothing is buffered.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
@@ -149,6 +154,43 @@ impl ChangeBuffer {
             match f {
                 None => self.cols[i].append_null(),
                 Some(v) => self.append_text(i, v)?,
+            }
+        }
+        self.unchanged.append(false);
+        self.push_meta(Op::Insert, meta);
+        Ok(())
+    }
+
+    /// Appends one row of a binary COPY: field `i` is `data[a..b]` for `spans[i] ==
+    /// Some((a, b))` (None = NULL), in binary form where `binary[i]`, else as text.
+    pub fn push_copy_row(
+        &mut self,
+        data: &[u8],
+        spans: &[Option<(usize, usize)>],
+        binary: &[bool],
+        meta: ChangeMeta,
+    ) -> Result<()> {
+        if spans.len() != self.cols.len() || binary.len() != self.cols.len() {
+            return Err(IngestError::Protocol(format!(
+                "{}: copy row has {} fields, table has {}",
+                self.table,
+                spans.len(),
+                self.cols.len()
+            )));
+        }
+        for (i, span) in spans.iter().enumerate() {
+            match *span {
+                None => self.cols[i].append_null(),
+                Some((a, b)) if binary[i] => {
+                    self.cols[i].append_binary(&data[a..b]).map_err(|message| {
+                        IngestError::BadValue {
+                            table: self.table.clone(),
+                            column: self.column_names[i].clone(),
+                            message,
+                        }
+                    })?
+                }
+                Some((a, b)) => self.append_text(i, &data[a..b])?,
             }
         }
         self.unchanged.append(false);

@@ -123,6 +123,10 @@ pub enum IngestError {
     /// Socket I/O failed mid-stream.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The task reading an initial copy ended without an answer (the runtime is shutting
+    /// down); nothing of the copy past its last piece is committed.
+    #[error("the reader of the copy of {0} was cancelled")]
+    CopyReaderCancelled(String),
 }
 
 impl IngestError {

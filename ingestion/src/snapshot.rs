@@ -1,5 +1,6 @@
 //! The initial copy: every row of a table as of an exported snapshot.
 
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::{StreamExt, pin_mut};
 use lakehouse::ChangeSink;
@@ -28,7 +29,9 @@ pub struct CopyStamp {
 ///
 /// Rows are recorded as inserts stamped by `stamp` with a null `_txid`, committed in pieces
 /// of about `stamp.piece_bytes` (the final commit, which gives the table its position, is the
-/// caller's); returns the row count.
+/// caller's); returns the row count. The COPY text is read and parsed on a thread of its own
+/// (a blocking-pool thread: parsing holds it for long stretches), a couple of batches ahead
+/// of the sink, so parsing runs beside the sink's work rather than between it.
 pub async fn copy_table<S: ChangeSink + ?Sized>(
     client: &Client,
     table: &SourceTable,
@@ -37,174 +40,299 @@ pub async fn copy_table<S: ChangeSink + ?Sized>(
     sink: &mut S,
     stamp: CopyStamp,
 ) -> Result<u64> {
-    let CopyStamp {
-        lsn,
-        commit_ts,
-        flush_rows,
-        piece_bytes,
-    } = stamp;
     // The position the copy is taken at: its rows are stamped just below it.
-    let point = (lsn + 1) as u64;
+    let point = (stamp.lsn + 1) as u64;
     let mut handed: usize = 0;
+    let mut copied: usize = 0;
+    // Binary: numbers, times and text arrive as they are stored, with nothing to unescape.
+    let (exprs, binary): (Vec<String>, Vec<bool>) =
+        table.columns.iter().map(|c| c.copy_expr()).unzip();
     let sql = format!(
-        "COPY (SELECT {} FROM {}.{}) TO STDOUT",
-        table.select_list(),
+        "COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT binary)",
+        exprs.join(", "),
         crate::replication::quote_ident(&table.schema),
         crate::replication::quote_ident(&table.name)
     );
     let stream = client.copy_out(sql.as_str()).await?;
-    pin_mut!(stream);
-    let mut carry: Vec<u8> = Vec::new();
+    let (tx, mut batches) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let reader = {
+        let parse = ChangeBuffer::new(table, buf.schema());
+        let name = table.qualified();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            handle.block_on(read_copy(stream, parse, binary, name, stamp, tx))
+        })
+    };
+    while let Some(batch) = batches.recv().await {
+        let batch: RecordBatch = batch?;
+        handed += batch.get_array_memory_size();
+        copied += batch.num_rows();
+        sink.write(idx, batch).await?;
+        crash::point("snapshot.mid_copy");
+        if handed >= stamp.piece_bytes {
+            sink.commit_copy_piece(idx, point).await?;
+            crash::point("snapshot.after_piece");
+            tracing::info!(table = %table.qualified(), rows = copied, "copy piece committed");
+            handed = 0;
+        }
+    }
+    match reader.await {
+        Ok(rows) => rows,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(IngestError::CopyReaderCancelled(table.qualified())),
+    }
+}
+
+/// Batches the COPY reader may run ahead of the sink.
+const READ_AHEAD: usize = 2;
+
+/// Reads and parses the COPY text of table `name` into batches of `stamp.flush_rows` rows
+/// sent to `out`; returns the row count, or sends the error that stopped it. Stops early
+/// when `out` is dropped (the sink failed).
+async fn read_copy(
+    stream: tokio_postgres::CopyOutStream,
+    mut buf: ChangeBuffer,
+    binary: Vec<bool>,
+    name: String,
+    stamp: CopyStamp,
+    out: tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+) -> Result<u64> {
     let mut rows: u64 = 0;
-    let mut scratch = FieldScratch::default();
+    let result = parse_copy(stream, &mut buf, &name, stamp, &out, &mut rows, &binary).await;
+    match result {
+        Ok(()) => Ok(rows),
+        Err(e) => {
+            let message = e.to_string();
+            // The sink may be gone already; the error then has nobody to reach but the log.
+            if out.send(Err(e)).await.is_err() {
+                tracing::debug!(table = %name, error = %message, "copy reader stopped");
+            }
+            Ok(rows)
+        }
+    }
+}
+
+async fn parse_copy(
+    stream: tokio_postgres::CopyOutStream,
+    buf: &mut ChangeBuffer,
+    name: &str,
+    stamp: CopyStamp,
+    out: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+    rows: &mut u64,
+    binary: &[bool],
+) -> Result<()> {
+    pin_mut!(stream);
+    let mut reader = BinaryCopy::new(name, binary.len());
+    let mut carry: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk: Bytes = chunk?;
-        let mut data: &[u8] = &chunk;
-        if !carry.is_empty() {
-            // Complete the line that straddled the previous chunk.
-            match data.iter().position(|&b| b == b'\n') {
-                Some(p) => {
-                    carry.extend_from_slice(&data[..p]);
-                    let line = std::mem::take(&mut carry);
-                    push_line(&line, buf, &mut scratch, lsn, commit_ts, &mut rows)?;
-                    data = &data[p + 1..];
-                }
-                None => {
-                    carry.extend_from_slice(data);
-                    continue;
-                }
-            }
+        // Rows usually come one per message; one cut across messages is completed here.
+        if carry.is_empty() {
+            let used = reader.rows(&chunk, |data, spans| {
+                buf.push_copy_row(data, spans, binary, meta(stamp, rows))
+            })?;
+            carry.extend_from_slice(&chunk[used..]);
+        } else {
+            carry.extend_from_slice(&chunk);
+            let used = reader.rows(&carry, |data, spans| {
+                buf.push_copy_row(data, spans, binary, meta(stamp, rows))
+            })?;
+            carry.drain(..used);
         }
-        while let Some(p) = data.iter().position(|&b| b == b'\n') {
-            push_line(&data[..p], buf, &mut scratch, lsn, commit_ts, &mut rows)?;
-            data = &data[p + 1..];
-            if buf.len() >= flush_rows {
-                let batch = buf.finish()?;
-                handed += batch.get_array_memory_size();
-                sink.write(idx, batch).await?;
-                crash::point("snapshot.mid_copy");
-                if handed >= piece_bytes {
-                    sink.commit_copy_piece(idx, point).await?;
-                    crash::point("snapshot.after_piece");
-                    tracing::info!(table = %table.qualified(), rows, "copy piece committed");
-                    handed = 0;
-                }
-            }
+        if buf.len() >= stamp.flush_rows && out.send(Ok(buf.finish()?)).await.is_err() {
+            return Ok(()); // the sink is gone
         }
-        carry.extend_from_slice(data);
     }
-    if !carry.is_empty() {
+    if !reader.ended || !carry.is_empty() {
         return Err(IngestError::Protocol(format!(
-            "{}: COPY output ended mid-line",
-            table.qualified()
+            "{name}: binary COPY output ended {}",
+            if reader.ended {
+                "with bytes after its trailer"
+            } else {
+                "before its trailer"
+            }
         )));
     }
     if !buf.is_empty() {
-        sink.write(idx, buf.finish()?).await?;
+        let _gone = out.send(Ok(buf.finish()?)).await.is_err();
     }
-    Ok(rows)
-}
-
-#[derive(Default)]
-struct FieldScratch {
-    bytes: Vec<u8>,
-    spans: Vec<Option<(usize, usize)>>,
-}
-
-fn push_line(
-    line: &[u8],
-    buf: &mut ChangeBuffer,
-    scratch: &mut FieldScratch,
-    lsn: i64,
-    commit_ts: i64,
-    rows: &mut u64,
-) -> Result<()> {
-    scratch.bytes.clear();
-    scratch.spans.clear();
-    for field in line.split(|&b| b == b'\t') {
-        if field == b"\\N" {
-            scratch.spans.push(None);
-            continue;
-        }
-        let start = scratch.bytes.len();
-        unescape_copy_text(field, &mut scratch.bytes);
-        scratch.spans.push(Some((start, scratch.bytes.len())));
-    }
-    let fields: Vec<Option<&[u8]>> = scratch
-        .spans
-        .iter()
-        .map(|s| s.map(|(a, b)| &scratch.bytes[a..b]))
-        .collect();
-    let meta = ChangeMeta {
-        lsn,
-        txid: None,
-        commit_ts,
-        seq: *rows as i64,
-    };
-    buf.push_fields(&fields, meta)?;
-    *rows += 1;
     Ok(())
 }
 
-/// Undoes COPY text-format escaping (`\\`, `\t`, `\n`, octal and hex escapes).
-pub fn unescape_copy_text(field: &[u8], out: &mut Vec<u8>) {
-    if !field.contains(&b'\\') {
-        out.extend_from_slice(field);
-        return;
-    }
-    let mut i = 0;
-    while i < field.len() {
-        let c = field[i];
-        if c != b'\\' || i + 1 >= field.len() {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let e = field[i + 1];
-        i += 2;
-        match e {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'v' => out.push(11),
-            b'0'..=b'7' => {
-                let mut v = (e - b'0') as u32;
-                let mut k = 0;
-                while k < 2 && i < field.len() && (b'0'..=b'7').contains(&field[i]) {
-                    v = v * 8 + (field[i] - b'0') as u32;
-                    i += 1;
-                    k += 1;
-                }
-                out.push(v as u8);
-            }
-            b'x' if i < field.len() && field[i].is_ascii_hexdigit() => {
-                let mut v = 0u32;
-                let mut k = 0;
-                while k < 2 && i < field.len() && field[i].is_ascii_hexdigit() {
-                    v = v * 16 + (field[i] as char).to_digit(16).unwrap_or(0);
-                    i += 1;
-                    k += 1;
-                }
-                out.push(v as u8);
-            }
-            other => out.push(other),
+/// The metadata of the next copied row (counting it).
+fn meta(stamp: CopyStamp, rows: &mut u64) -> ChangeMeta {
+    let m = ChangeMeta {
+        lsn: stamp.lsn,
+        txid: None,
+        commit_ts: stamp.commit_ts,
+        seq: *rows as i64,
+    };
+    *rows += 1;
+    m
+}
+
+/// The signature a binary COPY starts with.
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// Reads PostgreSQL's binary COPY format: a header (signature, flags, extension), then per
+/// row a field count and each field's length (-1: NULL) and bytes, then a trailer (-1).
+struct BinaryCopy<'a> {
+    table: &'a str,
+    fields: usize,
+    header: bool,
+    ended: bool,
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl<'a> BinaryCopy<'a> {
+    fn new(table: &'a str, fields: usize) -> Self {
+        Self {
+            table,
+            fields,
+            header: false,
+            ended: false,
+            spans: Vec::with_capacity(fields),
         }
     }
+
+    fn bad(&self, what: impl std::fmt::Display) -> IngestError {
+        IngestError::Protocol(format!("{}: binary COPY {what}", self.table))
+    }
+
+    /// Hands every complete row of `data` to `row` (the bytes, and each field's span);
+    /// returns how many bytes were used (the rest is the start of an incomplete row).
+    fn rows(
+        &mut self,
+        data: &[u8],
+        mut row: impl FnMut(&[u8], &[Option<(usize, usize)>]) -> Result<()>,
+    ) -> Result<usize> {
+        let mut at = 0;
+        if !self.header {
+            if data.len() < SIGNATURE.len() + 8 {
+                return Ok(0);
+            }
+            if &data[..SIGNATURE.len()] != SIGNATURE {
+                return Err(self.bad("output lacks its signature"));
+            }
+            let ext = u32::from_be_bytes(be4(&data[15..19])) as usize;
+            if data.len() < 19 + ext {
+                return Ok(0);
+            }
+            at = 19 + ext;
+            self.header = true;
+        }
+        while !self.ended && data.len() >= at + 2 {
+            let count = i16::from_be_bytes([data[at], data[at + 1]]);
+            if count == -1 {
+                self.ended = true;
+                at += 2;
+                break;
+            }
+            if count as usize != self.fields {
+                return Err(self.bad(format_args!(
+                    "row has {count} fields, table has {}",
+                    self.fields
+                )));
+            }
+            let mut p = at + 2;
+            self.spans.clear();
+            let complete = loop {
+                if self.spans.len() == self.fields {
+                    break true;
+                }
+                if data.len() < p + 4 {
+                    break false;
+                }
+                let len = i32::from_be_bytes(be4(&data[p..p + 4]));
+                p += 4;
+                if len < 0 {
+                    self.spans.push(None);
+                    continue;
+                }
+                let end = p + len as usize;
+                if data.len() < end {
+                    break false;
+                }
+                self.spans.push(Some((p, end)));
+                p = end;
+            };
+            if !complete {
+                break;
+            }
+            row(data, &self.spans)?;
+            at = p;
+        }
+        Ok(at)
+    }
+}
+
+fn be4(v: &[u8]) -> [u8; 4] {
+    [v[0], v[1], v[2], v[3]]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A binary COPY stream of two rows (a NULL in the second), cut at every byte: the same
+    /// rows come out whatever the cut.
     #[test]
-    fn unescapes_copy_text() {
-        let mut out = Vec::new();
-        unescape_copy_text(br"a\tb\\c\nd\101\x42", &mut out);
-        assert_eq!(out, b"a\tb\\c\ndAB");
-        out.clear();
-        unescape_copy_text(b"plain", &mut out);
-        assert_eq!(out, b"plain");
+    fn reads_binary_copy_rows_across_any_cut() {
+        let mut stream = Vec::new();
+        stream.extend_from_slice(SIGNATURE);
+        stream.extend_from_slice(&0u32.to_be_bytes());
+        stream.extend_from_slice(&4u32.to_be_bytes());
+        stream.extend_from_slice(b"skip");
+        for (a, b) in [(Some(&b"one"[..]), Some(&b"x"[..])), (None, Some(&b""[..]))] {
+            stream.extend_from_slice(&2i16.to_be_bytes());
+            for f in [a, b] {
+                match f {
+                    None => stream.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(v) => {
+                        stream.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                        stream.extend_from_slice(v);
+                    }
+                }
+            }
+        }
+        stream.extend_from_slice(&(-1i16).to_be_bytes());
+        let want: Vec<Vec<Option<Vec<u8>>>> = vec![
+            vec![Some(b"one".to_vec()), Some(b"x".to_vec())],
+            vec![None, Some(Vec::new())],
+        ];
+        for cut in 0..=stream.len() {
+            let mut reader = BinaryCopy::new("t", 2);
+            let mut got = Vec::new();
+            let mut carry = Vec::new();
+            for chunk in [&stream[..cut], &stream[cut..]] {
+                carry.extend_from_slice(chunk);
+                let used = reader
+                    .rows(&carry, |data, spans| {
+                        got.push(
+                            spans
+                                .iter()
+                                .map(|s| s.map(|(a, b)| data[a..b].to_vec()))
+                                .collect::<Vec<_>>(),
+                        );
+                        Ok(())
+                    })
+                    .unwrap();
+                carry.drain(..used);
+            }
+            assert!(reader.ended, "cut {cut}");
+            assert!(carry.is_empty(), "cut {cut}");
+            assert_eq!(got, want, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_row_of_another_width() {
+        let mut stream = SIGNATURE.to_vec();
+        stream.extend_from_slice(&[0; 8]);
+        stream.extend_from_slice(&3i16.to_be_bytes());
+        let err = BinaryCopy::new("t", 2)
+            .rows(&stream, |_, _| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("3 fields"), "{err}");
     }
 }

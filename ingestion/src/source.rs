@@ -96,6 +96,24 @@ pub struct PgColumn {
     pub backfilled: bool,
 }
 
+impl PgColumn {
+    /// How the initial copy selects this column in a binary COPY: the expression, and
+    /// whether its values arrive in the type's binary form (`true`, read natively) or as
+    /// its text (`false`). Types whose binary form is not their text output, or that are
+    /// not read natively (numeric, arrays, jsonb, enums, domains), are cast to text, which
+    /// is exactly what the change stream sends for them.
+    pub fn copy_expr(&self) -> (String, bool) {
+        let name = crate::replication::quote_ident(&self.name);
+        match self.type_oid {
+            // bool, bytea, int8, int2, int4, float4, float8, date, time, timestamp,
+            // timestamptz, uuid; text, varchar, name, bpchar (padded), json: their text.
+            16 | 17 | 20 | 21 | 23 | 700 | 701 | 1082 | 1083 | 1114 | 1184 | 2950 | 25 | 1043
+            | 19 | 1042 | 114 => (name, true),
+            _ => (format!("{name}::text"), false),
+        }
+    }
+}
+
 /// A table of the publication, as we capture it.
 #[derive(Debug, Clone)]
 pub struct SourceTable {
@@ -120,15 +138,6 @@ impl SourceTable {
     /// `schema.table`.
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
-    }
-
-    /// The SELECT list that reproduces the published columns in order, for the initial copy.
-    pub fn select_list(&self) -> String {
-        self.columns
-            .iter()
-            .map(|c| crate::replication::quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 }
 

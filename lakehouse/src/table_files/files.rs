@@ -233,6 +233,9 @@ pub type DataWriterBuilder = iceberg::writer::base_writer::data_file_writer::Dat
     iceberg::writer::file_writer::location_generator::DefaultFileNameGenerator,
 >;
 
+/// Largest dictionary a data file's column keeps before falling back to plain encoding.
+const DICTIONARY_PAGE_BYTES: usize = 64 * 1024;
+
 /// A writer builder for `table` whose files are named `<prefix>-<uuid v7>-…`: a fresh name
 /// per writer, so files of an attempt that crashed before its commit never collide with a retry.
 /// Files follow `schema`: the table's current one, or the one the next commit installs.
@@ -249,6 +252,11 @@ pub fn data_writer(
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .set_max_row_group_row_count(Some(128 * 1024))
+        // A column keeps its dictionary while the dictionary stays small (few distinct
+        // values); the default limit (1 MiB) is as large as a row group of a unique
+        // `bigint` column, which then pays for hashing every value into a dictionary as
+        // large as the data (15% of a copy's time), never falling back to plain encoding.
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .build();
     let parquet = iceberg::writer::file_writer::ParquetWriterBuilder::new(props, schema);
     let location =

@@ -4,3 +4,4 @@
 pub mod deletes;
 pub mod files;
 pub mod pk_index;
+pub mod spawned;

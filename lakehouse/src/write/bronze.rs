@@ -12,7 +12,6 @@ use iceberg::TableCreation;
 use iceberg::arrow::RecordBatchPartitionSplitter;
 use iceberg::spec::{DataFile, Transform, UnboundPartitionSpec};
 use iceberg::table::Table;
-use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 
 use crate::files::DataWriterBuilder;
@@ -21,11 +20,12 @@ use crate::schema::{
     source_ids_of,
 };
 use crate::sink::{ChangeSink, CommitAt, SOURCE_LSN_PROPERTY, TableProgress, interrupted_copy};
+use crate::table_files::spawned::SpawnedWriter;
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
 pub use crate::layout::{BRONZE_NAMESPACE, KEY_COLUMNS_PROPERTY, SOURCE_TABLE_PROPERTY};
 
-type Writer = FanoutWriter<DataWriterBuilder>;
+type Writer = SpawnedWriter;
 
 struct BronzeTable {
     ident: TableIdent,
@@ -63,6 +63,37 @@ impl BronzeTable {
         )
         .map_err(LakehouseError::iceberg(&self.ident))
     }
+}
+
+/// Whether every row of `batch` falls in one partition of `table`, partitioned by day of
+/// `_commit_ts` alone: a copy's rows share one commit time, a stream batch usually one day.
+fn one_day(table: &Table, batch: &RecordBatch) -> bool {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    let meta = table.metadata();
+    let spec = meta.default_partition_spec();
+    let [field] = spec.fields() else {
+        return false;
+    };
+    let by_day = field.transform == Transform::Day
+        && meta
+            .current_schema()
+            .field_by_id(field.source_id)
+            .is_some_and(|f| f.name == COMMIT_TS_COLUMN);
+    let Some(ts) = batch
+        .column_by_name(COMMIT_TS_COLUMN)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+    else {
+        return false;
+    };
+    if !by_day || ts.is_empty() || ts.null_count() > 0 {
+        return false;
+    }
+    const DAY: i64 = 86_400_000_000;
+    let (Some(lo), Some(hi)) = (arrow::compute::min(ts), arrow::compute::max(ts)) else {
+        return false;
+    };
+    lo.div_euclid(DAY) == hi.div_euclid(DAY)
 }
 
 /// The Iceberg change-log sink: one `bronze.<table>` per source table, partitioned by day of `_commit_ts`.
@@ -156,13 +187,18 @@ impl BronzeSink {
         Ok((table, progress))
     }
 
+    /// A writer of the table's partitioned files, encoding on a task of its own.
     fn new_writer(table: &Table, schema: iceberg::spec::SchemaRef) -> Result<Writer> {
-        Ok(FanoutWriter::new(crate::files::data_writer(
+        let files: FanoutWriter<DataWriterBuilder> = FanoutWriter::new(crate::files::data_writer(
             table,
             schema,
             256 * 1024 * 1024,
             "",
-        )?))
+        )?);
+        Ok(SpawnedWriter::partitioned(
+            table.identifier().to_string(),
+            files,
+        ))
     }
 
     async fn commit_table(&mut self, idx: usize, at: CommitAt) -> Result<()> {
@@ -172,7 +208,7 @@ impl BronzeSink {
         let t = &mut self.tables[idx];
         let mut files = std::mem::take(&mut t.closed);
         if let Some(w) = t.writer.take() {
-            files.extend(w.close().await.map_err(LakehouseError::iceberg(&t.ident))?);
+            files.extend(w.close().await?);
         }
         crate::crash::point("bronze.after_files_closed");
         let properties = HashMap::from([
@@ -303,8 +339,7 @@ impl BronzeSink {
                 let splitter = t.splitter_for(schema.clone())?;
                 // Rows already written keep their files (their columns are found by field id).
                 if let Some(w) = t.writer.take() {
-                    t.closed
-                        .extend(w.close().await.map_err(LakehouseError::iceberg(&t.ident))?);
+                    t.closed.extend(w.close().await?);
                 }
                 t.last_column_id = t.last_column_id.max(schema.highest_field_id());
                 tracing::info!(table = %t.ident, changes = ?e.changes, "source schema changed");
@@ -328,7 +363,7 @@ impl BronzeSink {
             .ok_or(LakehouseError::UnknownTable(idx))?;
         let mut files = std::mem::take(&mut t.closed);
         if let Some(w) = t.writer.take() {
-            files.extend(w.close().await.map_err(LakehouseError::iceberg(&t.ident))?);
+            files.extend(w.close().await?);
         }
         for f in files {
             if let Err(e) = t.table.file_io().delete(f.file_path()).await {
@@ -467,15 +502,23 @@ impl ChangeSink for BronzeSink {
             .as_mut()
             .ok_or(LakehouseError::UnknownTable(table))?;
         t.rows += batch.num_rows() as u64;
-        for (key, part) in t
-            .splitter
-            .split(&batch)
-            .map_err(LakehouseError::iceberg(&t.ident))?
-        {
-            writer
-                .write(key, part)
-                .await
-                .map_err(LakehouseError::iceberg(&t.ident))?;
+        let parts = if one_day(&t.table, &batch) {
+            // One partition: its key from the first row, not a conversion of every row.
+            let key = t
+                .splitter
+                .split(&batch.slice(0, 1))
+                .map_err(LakehouseError::iceberg(&t.ident))?
+                .into_iter()
+                .map(|(k, _)| k)
+                .next();
+            key.map(|k| vec![(k, batch)]).unwrap_or_default()
+        } else {
+            t.splitter
+                .split(&batch)
+                .map_err(LakehouseError::iceberg(&t.ident))?
+        };
+        for (key, part) in parts {
+            writer.write(Some(key), part).await?;
         }
         crate::crash::point("bronze.write");
         Ok(())

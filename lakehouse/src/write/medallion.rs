@@ -383,6 +383,7 @@ impl ChangeSink for MedallionSink {
     }
 
     async fn evolve(&mut self, table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef> {
+        self.silver.settle_copy(table).await?;
         let (arrow, iceberg) = self.bronze.evolve_table(table, schema).await?;
         if let Err(e) = self.silver.adopt(table, &iceberg, &schema.key) {
             self.bronze.discard(table).await?;

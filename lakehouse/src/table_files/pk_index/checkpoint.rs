@@ -245,6 +245,7 @@ impl PkIndex {
         let mut entries = self.iter();
         loop {
             let more = entries.next();
+            let done = more.is_none();
             if let Some((key, locs)) = more {
                 for l in locs {
                     let file = renumber.get(l.file as usize).copied().unwrap_or(u32::MAX);
@@ -254,7 +255,7 @@ impl PkIndex {
                             l.file
                         )));
                     }
-                    cols.push(key, super::Loc { file, pos: l.pos });
+                    cols.push(key.as_ref(), super::Loc { file, pos: l.pos });
                 }
                 if cols.len() < CHUNK {
                     continue;
@@ -266,7 +267,7 @@ impl PkIndex {
                 let bytes = std::mem::take(writer.get_mut());
                 out.write(bytes.into()).await.map_err(err)?;
             }
-            if more.is_none() {
+            if done {
                 break;
             }
         }

@@ -19,8 +19,11 @@ use crate::files::{live_files, read_position_deletes, read_projected};
 
 mod catch_up;
 mod checkpoint;
+mod entries;
 use crate::{LakehouseError, Result};
 pub use checkpoint::INDEX_DIR;
+pub(crate) use entries::Hasher;
+use entries::{Compact, Entries, Expanded};
 
 /// A row of a committed data file: the file (by its number in the index) and its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,137 +34,98 @@ pub struct Loc {
     pub pos: u32,
 }
 
-/// Keys whose Arrow row encoding has a fixed width up to this many bytes are stored inline
-/// (a `bigint`, `int`, `date`, `timestamp` key, or two `int`s): no allocation per key.
-const NARROW: usize = 16;
-
-/// Key → live rows, for one key representation. A key has its single row in `one`, or, in a
-/// table keyed by all its columns where equal rows repeat, several rows in `many`.
+/// Key → live rows where keys have a compact form of `N` bytes (see [`Compact`]); keys
+/// without one (a null in a key of all columns) are kept whole in `odd`.
 #[derive(Debug)]
-struct Entries<K> {
-    one: HashMap<K, Loc, Hasher>,
-    many: HashMap<K, Vec<Loc>, Hasher>,
+struct Packed<const N: usize> {
+    main: Entries<[u8; N]>,
+    layout: Compact,
+    odd: Entries<Box<[u8]>>,
 }
 
-/// A fast, randomly seeded hash for the index's maps (keys come from the source: not
-/// attacker-chosen in a way SipHash would defend against better than a random seed).
-pub(crate) type Hasher = foldhash::fast::RandomState;
-
-impl<K> Default for Entries<K> {
-    fn default() -> Self {
+impl<const N: usize> Packed<N> {
+    fn new(layout: Compact) -> Self {
         Self {
-            one: HashMap::default(),
-            many: HashMap::default(),
-        }
-    }
-}
-
-impl<K: std::hash::Hash + Eq> Entries<K> {
-    fn get<Q>(&self, key: &Q) -> Vec<Loc>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        if let Some(l) = self.one.get(key) {
-            return vec![*l];
-        }
-        self.many.get(key).cloned().unwrap_or_default()
-    }
-
-    /// Replaces the rows of `key`; returns how many it had.
-    fn set(&mut self, key: K, mut locs: Vec<Loc>) -> usize {
-        let removed = match self.one.remove(&key) {
-            Some(_) => 1,
-            None => self.many.remove(&key).map_or(0, |v| v.len()),
-        };
-        match locs.len() {
-            0 => {}
-            1 => {
-                self.one.insert(key, locs[0]);
-            }
-            _ => {
-                locs.shrink_to_fit();
-                self.many.insert(key, locs);
-            }
-        }
-        removed
-    }
-
-    fn push(&mut self, key: K, loc: Loc) {
-        if let Some(v) = self.many.get_mut(&key) {
-            v.push(loc);
-        } else if let Some(first) = self.one.remove(&key) {
-            self.many.insert(key, vec![first, loc]);
-        } else {
-            self.one.insert(key, loc);
+            main: Entries::default(),
+            layout,
+            odd: Entries::default(),
         }
     }
 
-    /// Removes row `loc` of `key`; false when the key does not have it.
-    fn remove(&mut self, key: &K, loc: Loc) -> bool
-    where
-        K: Clone,
-    {
-        if self.one.get(key) == Some(&loc) {
-            self.one.remove(key);
-            return true;
+    fn get(&self, key: &[u8]) -> Vec<Loc> {
+        match self.layout.pack::<N>(key) {
+            Some(k) => self.main.get(&k),
+            None => self.odd.get(key),
         }
-        let Some(v) = self.many.get_mut(key) else {
-            return false;
-        };
-        let Some(i) = v.iter().position(|l| *l == loc) else {
-            return false;
-        };
-        v.remove(i);
-        if v.len() == 1 {
-            let last = v[0];
-            self.many.remove(key);
-            self.one.insert(key.clone(), last);
+    }
+
+    fn set(&mut self, key: Box<[u8]>, locs: Vec<Loc>) -> usize {
+        match self.layout.pack::<N>(&key) {
+            Some(k) => self.main.set(k, locs),
+            None => self.odd.set(key, locs),
         }
-        true
+    }
+
+    fn push(&mut self, key: &[u8], loc: Loc) {
+        match self.layout.pack::<N>(key) {
+            Some(k) => self.main.push(k, loc),
+            None => self.odd.push(key.into(), loc),
+        }
+    }
+
+    fn remove(&mut self, key: &[u8], loc: Loc) -> bool {
+        match self.layout.pack::<N>(key) {
+            Some(k) => self.main.remove(&k, loc),
+            None => self.odd.remove(&Box::<[u8]>::from(key), loc),
+        }
     }
 
     fn clear(&mut self) {
-        self.one = HashMap::default();
-        self.many = HashMap::default();
+        self.main.clear();
+        self.odd.clear();
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&K, &[Loc])> + Send + '_
-    where
-        K: Sync,
-    {
-        self.one
+    fn iter(&self) -> impl Iterator<Item = (KeyRef<'_>, &[Loc])> + Send + '_ {
+        self.main
             .iter()
-            .map(|(k, l)| (k, std::slice::from_ref(l)))
-            .chain(self.many.iter().map(|(k, v)| (k, v.as_slice())))
+            .map(|(k, l)| (KeyRef::Stack(self.layout.unpack(k)), l))
+            .chain(self.odd.iter().map(|(k, l)| (KeyRef::Heap(k), l)))
     }
 
-    /// Bytes of the hash tables (each bucket: key, rows, one control byte) and row lists.
-    fn table_bytes(&self) -> usize {
-        // `capacity` is 7/8 of the buckets, which are a power of two.
-        let buckets = |cap: usize| {
-            if cap == 0 {
-                0
-            } else {
-                (cap * 8).div_ceil(7).next_power_of_two()
-            }
-        };
-        let one = buckets(self.one.capacity()) * (std::mem::size_of::<(K, Loc)>() + 1);
-        let many = buckets(self.many.capacity()) * (std::mem::size_of::<(K, Vec<Loc>)>() + 1)
-            + self
-                .many
-                .values()
-                .map(|v| v.capacity() * std::mem::size_of::<Loc>())
-                .sum::<usize>();
-        one + many
+    fn heap_bytes(&self) -> usize {
+        self.main.table_bytes() + wide_bytes(&self.odd)
     }
 }
 
-/// The index's keys: inline when the key's encoding is narrow and fixed, else on the heap.
+/// Bytes of a table of whole keys: its buckets and the keys on the heap.
+fn wide_bytes(e: &Entries<Box<[u8]>>) -> usize {
+    let heap: usize = e.iter().map(|(k, _)| k.len().next_multiple_of(16)).sum();
+    e.table_bytes() + heap
+}
+
+/// A key's row encoding as the index hands it out: borrowed, or rebuilt from its compact
+/// form.
+enum KeyRef<'a> {
+    Heap(&'a [u8]),
+    Stack(Expanded),
+}
+
+impl AsRef<[u8]> for KeyRef<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            KeyRef::Heap(k) => k,
+            KeyRef::Stack(k) => k.as_ref(),
+        }
+    }
+}
+
+/// The index's keys: compact inline values when the key columns have a fixed width (8
+/// bytes of values: a `bigint`, `int`, `date`, `timestamp`, two `int`s; 16: a `numeric`,
+/// two `bigint`s), else whole encodings on the heap.
 #[derive(Debug)]
 enum Keys {
-    /// Keys of this fixed encoded width, zero-padded.
-    Narrow(Entries<[u8; NARROW]>, usize),
+    Small(Packed<8>),
+    Medium(Packed<16>),
     Wide(Entries<Box<[u8]>>),
 }
 
@@ -171,15 +135,9 @@ impl Default for Keys {
     }
 }
 
-fn narrow(key: &[u8]) -> [u8; NARROW] {
-    let mut out = [0u8; NARROW];
-    out[..key.len()].copy_from_slice(key);
-    out
-}
-
-/// The width of the Arrow row encoding of `key_schema`'s keys if it is the same for every
-/// key (fixed-width types only: a null byte, then the value).
-fn fixed_width(key_schema: &SchemaRef) -> Option<usize> {
+/// The width of each key column's Arrow row encoding (a null byte, then the value) when
+/// every column has a fixed width.
+fn fixed_widths(key_schema: &SchemaRef) -> Option<Vec<usize>> {
     key_schema
         .fields()
         .iter()
@@ -191,15 +149,16 @@ fn fixed_width(key_schema: &SchemaRef) -> Option<usize> {
                 _ => None,
             }
         })
-        .sum()
+        .collect()
 }
 
 /// Key (Arrow row encoding of the key columns) → live rows.
 ///
-/// Memory per live row (see [`PkIndex::heap_bytes`]): a key that encodes to at most 16
-/// bytes of fixed width takes one 24-byte hash bucket plus a control byte, at a load factor
-/// between 44% and 88% (28–55 bytes, about 40 on average); a wider key adds its encoding
-/// in a heap allocation. File paths are stored once, rows refer to them by number.
+/// Memory per live row (see [`PkIndex::heap_bytes`]): a key of fixed-width columns whose
+/// values fit 8 bytes takes one 16-byte hash bucket plus a control byte (24 bytes with 16
+/// bytes of values), at a load factor between 44% and 88% (19–39 bytes, 26 on average); a
+/// wider key takes a 24-byte bucket and its encoding on the heap. File paths are stored
+/// once, rows refer to them by number.
 #[derive(Debug, Default)]
 pub struct PkIndex {
     files: Vec<Arc<str>>,
@@ -212,9 +171,10 @@ pub struct PkIndex {
 impl PkIndex {
     /// An empty index for keys of `key_schema`.
     pub fn new(key_schema: &SchemaRef) -> Self {
-        let keys = match fixed_width(key_schema) {
-            Some(w) if w <= NARROW => Keys::Narrow(Entries::default(), w),
-            _ => Keys::Wide(Entries::default()),
+        let keys = match fixed_widths(key_schema).and_then(Compact::new) {
+            Some(c) if c.values() <= 8 => Keys::Small(Packed::new(c)),
+            Some(c) => Keys::Medium(Packed::new(c)),
+            None => Keys::Wide(Entries::default()),
         };
         Self {
             keys,
@@ -230,11 +190,9 @@ impl PkIndex {
     /// Approximate memory held by the index: its hash tables, row lists, keys and file list.
     pub fn heap_bytes(&self) -> usize {
         let keys = match &self.keys {
-            Keys::Narrow(e, _) => e.table_bytes(),
-            Keys::Wide(e) => {
-                let heap: usize = e.iter().map(|(k, _)| k.len().next_multiple_of(16)).sum();
-                e.table_bytes() + heap
-            }
+            Keys::Small(p) => p.heap_bytes(),
+            Keys::Medium(p) => p.heap_bytes(),
+            Keys::Wide(e) => wide_bytes(e),
         };
         let files: usize = self.files.iter().map(|f| f.len() + 64).sum();
         keys + files
@@ -278,8 +236,8 @@ impl PkIndex {
     /// The live rows of `key`.
     pub fn get(&self, key: &[u8]) -> Vec<Loc> {
         match &self.keys {
-            Keys::Narrow(e, _) if key.len() <= NARROW => e.get(&narrow(key)),
-            Keys::Narrow(..) => Vec::new(),
+            Keys::Small(p) => p.get(key),
+            Keys::Medium(p) => p.get(key),
             Keys::Wide(e) => e.get(key),
         }
     }
@@ -288,7 +246,8 @@ impl PkIndex {
     pub fn set(&mut self, key: Box<[u8]>, locs: Vec<Loc>) {
         let added = locs.len();
         let removed = match &mut self.keys {
-            Keys::Narrow(e, _) => e.set(narrow(&key), locs),
+            Keys::Small(p) => p.set(key, locs),
+            Keys::Medium(p) => p.set(key, locs),
             Keys::Wide(e) => e.set(key, locs),
         };
         self.rows = self.rows + added - removed;
@@ -298,7 +257,8 @@ impl PkIndex {
     pub fn push(&mut self, key: &[u8], loc: Loc) {
         self.rows += 1;
         match &mut self.keys {
-            Keys::Narrow(e, _) => e.push(narrow(key), loc),
+            Keys::Small(p) => p.push(key, loc),
+            Keys::Medium(p) => p.push(key, loc),
             Keys::Wide(e) => e.push(key.into(), loc),
         }
     }
@@ -306,7 +266,8 @@ impl PkIndex {
     /// Removes row `loc` of `key` (a position delete); false when the index does not have it.
     fn remove(&mut self, key: &[u8], loc: Loc) -> bool {
         let done = match &mut self.keys {
-            Keys::Narrow(e, _) => key.len() <= NARROW && e.remove(&narrow(key), loc),
+            Keys::Small(p) => p.remove(key, loc),
+            Keys::Medium(p) => p.remove(key, loc),
             Keys::Wide(e) => e.remove(&Box::<[u8]>::from(key), loc),
         };
         if done {
@@ -316,17 +277,19 @@ impl PkIndex {
     }
 
     /// Every key (its row encoding) with its rows.
-    fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[Loc])> + Send + '_> {
+    fn iter(&self) -> Box<dyn Iterator<Item = (KeyRef<'_>, &[Loc])> + Send + '_> {
         match &self.keys {
-            Keys::Narrow(e, width) => Box::new(e.iter().map(|(k, l)| (&k[..*width], l))),
-            Keys::Wide(e) => Box::new(e.iter().map(|(k, l)| (k.as_ref(), l))),
+            Keys::Small(p) => Box::new(p.iter()),
+            Keys::Medium(p) => Box::new(p.iter()),
+            Keys::Wide(e) => Box::new(e.iter().map(|(k, l)| (KeyRef::Heap(k), l))),
         }
     }
 
     /// Forgets every row (TRUNCATE).
     pub fn clear(&mut self) {
         match &mut self.keys {
-            Keys::Narrow(e, _) => e.clear(),
+            Keys::Small(p) => p.clear(),
+            Keys::Medium(p) => p.clear(),
             Keys::Wide(e) => e.clear(),
         }
         self.files.clear();
@@ -392,22 +355,22 @@ pub fn key_converter(key_schema: &SchemaRef) -> Result<RowConverter> {
 mod tests {
     use std::collections::HashMap;
 
-    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use rand::{Rng, SeedableRng};
 
     use super::*;
 
-    fn keys_of(schema: &SchemaRef, column: ArrayRef) -> arrow::row::Rows {
+    fn keys_of(schema: &SchemaRef, columns: &[ArrayRef]) -> arrow::row::Rows {
         key_converter(schema)
             .unwrap()
-            .convert_columns(&[column])
+            .convert_columns(columns)
             .unwrap()
     }
 
     /// Random pushes and replacements against a plain map: the index answers the same.
-    fn agrees_with_a_model(schema: SchemaRef, column: ArrayRef) -> PkIndex {
-        let rows = keys_of(&schema, column);
+    fn agrees_with_a_model(schema: SchemaRef, columns: &[ArrayRef]) -> PkIndex {
+        let rows = keys_of(&schema, columns);
         let mut index = PkIndex::new(&schema);
         let mut model: HashMap<Vec<u8>, Vec<Loc>> = HashMap::new();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -458,7 +421,7 @@ mod tests {
         let listed: usize = index.iter().map(|(_, l)| l.len()).sum();
         assert_eq!(listed, index.len());
         for (key, locs) in index.iter() {
-            assert_eq!(model.get(key).map(Vec::as_slice), Some(locs));
+            assert_eq!(model.get(key.as_ref()).map(Vec::as_slice), Some(locs));
         }
         index
     }
@@ -468,27 +431,69 @@ mod tests {
         let ints: SchemaRef = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let index = agrees_with_a_model(
             ints,
-            Arc::new(Int64Array::from_iter_values(
+            &[Arc::new(Int64Array::from_iter_values(
                 (0..500).map(|i| i * 7919 - 100),
-            )),
+            ))],
         );
-        assert!(matches!(index.keys, Keys::Narrow(_, 9)));
+        assert!(matches!(index.keys, Keys::Small(_)));
         let text: SchemaRef = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false)]));
         let index = agrees_with_a_model(
             text,
-            Arc::new(StringArray::from_iter_values(
+            &[Arc::new(StringArray::from_iter_values(
                 (0..500).map(|i| format!("key-{i}")),
-            )),
+            ))],
         );
         assert!(matches!(index.keys, Keys::Wide(_)));
     }
 
+    /// A key of all columns may hold nulls: such keys have no compact form and are kept
+    /// whole beside the compact ones, answering the same.
     #[test]
-    fn a_bigint_key_costs_under_sixty_bytes_a_row() {
+    fn keys_with_nulls_live_beside_compact_ones() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int32, true),
+            Field::new("b", DataType::Int32, true),
+        ]));
+        let a = Int32Array::from_iter((0..400).map(|i| (i % 7 != 0).then_some(i % 50)));
+        let b = Int32Array::from_iter((0..400).map(|i| (i % 5 != 0).then_some(i / 50)));
+        let index = agrees_with_a_model(schema, &[Arc::new(a), Arc::new(b)]);
+        let Keys::Small(p) = &index.keys else {
+            panic!("two ints pack into 8 bytes: {:?}", index.keys)
+        };
+        assert!(
+            p.odd.iter().count() > 0,
+            "no key with a null was kept whole"
+        );
+        assert!(p.main.iter().count() > 0, "no key was packed");
+    }
+
+    #[test]
+    fn two_bigints_pack_into_sixteen_bytes_and_a_numeric_with_more_does_not() {
+        let two: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Int64, false),
+        ]));
+        let index = agrees_with_a_model(
+            two,
+            &[
+                Arc::new(Int64Array::from_iter_values((0..300).map(|i| i % 17))),
+                Arc::new(Int64Array::from_iter_values((0..300).map(|i| -i * 3))),
+            ],
+        );
+        assert!(matches!(index.keys, Keys::Medium(_)));
+        let wide: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Decimal128(12, 2), false),
+            Field::new("b", DataType::Int64, false),
+        ]));
+        assert!(matches!(PkIndex::new(&wide).keys, Keys::Wide(_)));
+    }
+
+    #[test]
+    fn a_bigint_key_costs_under_forty_bytes_a_row() {
         let schema: SchemaRef =
             Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
         let n = 1_000_000;
-        let rows = keys_of(&schema, Arc::new(Int64Array::from_iter_values(0..n)));
+        let rows = keys_of(&schema, &[Arc::new(Int64Array::from_iter_values(0..n))]);
         let mut index = PkIndex::new(&schema);
         for i in 0..rows.num_rows() {
             index.push(
@@ -500,7 +505,7 @@ mod tests {
             );
         }
         let per_row = index.heap_bytes() as f64 / n as f64;
-        assert!(per_row < 60.0, "{per_row:.1} bytes a row");
+        assert!(per_row < 40.0, "{per_row:.1} bytes a row");
         assert_eq!(
             index.get(rows.row(123_456).as_ref()),
             vec![Loc {

@@ -20,7 +20,7 @@ use catalog::{Catalog, NamespaceIdent, TableIdent};
 use iceberg::TableCreation;
 use iceberg::spec::{DataFile, Schema, Struct};
 use iceberg::table::Table;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::writer::IcebergWriterBuilder;
 
 use crate::bronze::{KEY_COLUMNS_PROPERTY, SOURCE_TABLE_PROPERTY, read_progress};
 use crate::files::{conform, read_projected};
@@ -29,8 +29,10 @@ use crate::schema::{META_COLUMNS, OP_COLUMN, UNCHANGED_COLUMN};
 use crate::sink::{ChangeSink, CommitAt, TableProgress, interrupted_copy};
 use crate::{ChangeLogSchema, LakehouseError, Result};
 
+mod copy;
 mod pending;
 mod plan;
+use copy::{EagerCopy, Written, copy_point};
 use pending::Pending;
 use plan::{apply_to_index, plan, write_new_rows};
 
@@ -69,6 +71,11 @@ struct SilverTable {
     pending: Pending,
     /// The next commit first drops every file (the source table is being copied afresh).
     reset: bool,
+    /// Copy rows already written to data files, committed with the next commit (`copy.rs`).
+    eager: Option<EagerCopy>,
+    /// A commit failed after taking the written copy rows: they are gone from this sink,
+    /// which must be prepared again (the `ChangeSink` contract) before taking more.
+    lost: bool,
 }
 
 impl SilverTable {
@@ -363,11 +370,33 @@ impl SilverSink {
     }
 
     /// Moves table `idx` to the silver form of `bronze` with `key`, committed with its next commit.
+    /// Call [`SilverSink::settle_copy`] first: written copy rows keep the layout they were
+    /// written in.
     pub fn adopt(&mut self, idx: usize, bronze: &Schema, key: &[String]) -> Result<()> {
-        self.tables
+        let t = self
+            .tables
             .get_mut(idx)
-            .ok_or(LakehouseError::UnknownTable(idx))?
-            .adopt(bronze, key)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        if t.eager.is_some() {
+            return Err(LakehouseError::PlanInvariant(format!(
+                "{}: layout change over written copy rows",
+                t.ident
+            )));
+        }
+        t.adopt(bronze, key)
+    }
+
+    /// Commits table `idx`'s written copy rows as a positionless piece, if it has any, so a
+    /// layout change applies to the rows after them only.
+    pub async fn settle_copy(&mut self, idx: usize) -> Result<()> {
+        let t = self
+            .tables
+            .get(idx)
+            .ok_or(LakehouseError::UnknownTable(idx))?;
+        if let Some(point) = t.eager.as_ref().map(|e| e.point) {
+            self.commit_table(idx, CommitAt::CopyPiece(point)).await?;
+        }
+        Ok(())
     }
 
     /// Drops what table `idx` buffered since its last commit, including a pending schema change.
@@ -377,6 +406,8 @@ impl SilverSink {
             .get_mut(idx)
             .ok_or(LakehouseError::UnknownTable(idx))?;
         t.pending.clear();
+        // Its files are never committed: left to orphan removal, as any abandoned write.
+        t.eager = None;
         if t.evolution.take().is_some() {
             let key = stored_key(&t.table).unwrap_or_else(|| t.key.clone());
             t.set_layout(t.table.metadata().current_schema().clone(), key)?;
@@ -438,7 +469,24 @@ impl SilverSink {
         let mut retry = catalog::Retry::commit_race();
         let mut io_retry = catalog::Retry::transient_io();
         let planned = crate::bronze::read_progress(&t.table)?.source_lsn;
-        let rows_in = t.pending.rows();
+        if t.lost {
+            return Err(lost_rows(&t.ident));
+        }
+        // Copy rows already written: their files and keys, kept across re-plans.
+        let mut written = match t.eager.take() {
+            Some(e) => {
+                t.lost = true;
+                if !t.pending.is_empty() {
+                    return Err(LakehouseError::PlanInvariant(format!(
+                        "{}: written copy rows beside pending rows",
+                        t.ident
+                    )));
+                }
+                Some(e.finish().await?)
+            }
+            None => None,
+        };
+        let rows_in = t.pending.rows() + written.as_ref().map_or(0, |w| w.rows as usize);
         let spilled = t.pending.spilled();
         if spilled > 0 {
             tracing::info!(table = %t.ident, rows = rows_in, spilled, "committing a batch partly spilled to scratch");
@@ -452,8 +500,15 @@ impl SilverSink {
             // The snapshot the index (and so this plan) describes: what it is brought forward
             // from if a rewrite wins the race, however many same-files retries come first.
             let described = t.table.metadata().current_snapshot_id();
-            let plan = plan(t)?;
-            let data_files = write_new_rows(t, &plan).await?;
+            let from_copy = written.is_some();
+            let (plan, data_files) = match written.take() {
+                Some(w) => (plan::Plan::copied(t.reset, w.keys), w.files),
+                None => {
+                    let plan = plan(t)?;
+                    let files = write_new_rows(t, &plan).await?;
+                    (plan, files)
+                }
+            };
             crate::crash::point("silver.after_data_files");
             let mut delete_files = Vec::new();
             if !plan.deletes.is_empty() && !plan.truncate {
@@ -510,6 +565,7 @@ impl SilverSink {
                         t.table = table;
                         apply_to_index(&mut t.index, plan, &new_paths, &new_rows)?;
                         t.pending.clear();
+                        t.lost = false;
                         self.spilled += spilled as u64;
                         t.reset = false;
                         t.dirty = true;
@@ -555,9 +611,18 @@ impl SilverSink {
                     continue;
                 }
                 tracing::info!(table = %t.ident, attempt, "files were rewritten concurrently; re-planning on the new table state");
-                for f in data_files.iter().chain(&delete_files) {
-                    if let Err(e) = t.table.file_io().delete(f.file_path()).await {
-                        tracing::debug!(path = f.file_path(), error = %e, "could not remove an uncommitted file");
+                if from_copy {
+                    // New keys in new files: valid on any base, committed as they are.
+                    written = Some(Written {
+                        rows: new_rows.iter().sum(),
+                        files: data_files,
+                        keys: plan.fresh,
+                    });
+                } else {
+                    for f in data_files.iter().chain(&delete_files) {
+                        if let Err(e) = t.table.file_io().delete(f.file_path()).await {
+                            tracing::debug!(path = f.file_path(), error = %e, "could not remove an uncommitted file");
+                        }
                     }
                 }
                 // Brought forward across the rewrite (its files' rows moved), not rebuilt.
@@ -597,6 +662,13 @@ pub async fn index_of(table: &Table) -> Result<PkIndex> {
     })?;
     let key_cols = key_positions(&ident, &arrow, &key)?;
     PkIndex::open(table, &Arc::new(arrow.project(&key_cols)?)).await
+}
+
+/// The error of a table whose written copy rows a failed commit took with it.
+fn lost_rows(ident: &TableIdent) -> LakehouseError {
+    LakehouseError::PlanInvariant(format!(
+        "{ident}: a failed commit dropped copy rows already written; prepare the sink again"
+    ))
 }
 
 /// The key columns recorded on `table`, if any.
@@ -667,6 +739,8 @@ impl ChangeSink for SilverSink {
                 names,
                 pending: Pending::default(),
                 reset,
+                eager: None,
+                lost: false,
             });
         }
         Ok(out)
@@ -686,15 +760,48 @@ impl ChangeSink for SilverSink {
             .tables
             .get_mut(table)
             .ok_or(LakehouseError::UnknownTable(table))?;
-        if batch.num_rows() > 0 {
-            let copy = is_copy_batch(&batch);
-            let batch = conform_input(&t.ident, &batch, &t.arrow)?;
-            t.pending.push(batch, budget, copy)?;
+        if t.lost {
+            return Err(lost_rows(&t.ident));
         }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let copy = is_copy_batch(&batch);
+        let point = if copy {
+            Some(copy_point(&batch)?)
+        } else {
+            None
+        };
+        let eager_point = t.eager.as_ref().map(|e| e.point);
+        if point.is_some()
+            && t.pending.is_empty()
+            && t.evolution.is_none()
+            && eager_point.is_none_or(|p| Some(p) == point)
+        {
+            let input = conform_input(&t.ident, &batch, &t.arrow)?;
+            let mut eager = match t.eager.take() {
+                Some(e) => e,
+                None => EagerCopy::start(t, point.unwrap_or_default()).await?,
+            };
+            let written = eager.write(t, input).await;
+            t.eager = Some(eager);
+            return written;
+        }
+        if let Some(p) = eager_point {
+            // Rows of another kind follow the copy's: the copy's written rows go first.
+            self.commit_table(table, CommitAt::CopyPiece(p)).await?;
+        }
+        let t = self
+            .tables
+            .get_mut(table)
+            .ok_or(LakehouseError::UnknownTable(table))?;
+        let batch = conform_input(&t.ident, &batch, &t.arrow)?;
+        t.pending.push(batch, budget, copy)?;
         Ok(())
     }
 
     async fn evolve(&mut self, table: usize, schema: &ChangeLogSchema) -> Result<SchemaRef> {
+        self.settle_copy(table).await?;
         let t = self
             .tables
             .get_mut(table)
@@ -733,7 +840,7 @@ impl ChangeSink for SilverSink {
             .tables
             .get(table)
             .ok_or(LakehouseError::UnknownTable(table))?;
-        if !t.pending.is_empty() {
+        if !t.pending.is_empty() || t.eager.is_some() {
             self.commit_table(table, CommitAt::CopyPiece(point)).await?;
         }
         Ok(())
@@ -746,7 +853,7 @@ impl ChangeSink for SilverSink {
             // table's source position past bronze's.
             // A table being copied afresh (`reset`) commits with its copy: its rows or its
             // mark, never an empty positioned snapshot while bronze has no position yet.
-            if !t.pending.is_empty() || mark.contains(&idx) {
+            if !t.pending.is_empty() || t.eager.is_some() || mark.contains(&idx) {
                 self.commit_table(idx, CommitAt::Source(lsn)).await?;
                 crate::crash::point("silver.between_tables");
             }

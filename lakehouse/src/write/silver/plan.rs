@@ -3,6 +3,7 @@
 //! `materialize` reads back carried values, `write_data` writes the new files.
 
 use super::*;
+use crate::table_files::spawned::SpawnedWriter;
 
 /// Pending batch `b` of `t` in the table's current input layout (a spilled batch is read
 /// back in the layout it was written with).
@@ -56,11 +57,25 @@ pub(super) struct Plan {
     /// An initial copy's rows (every row new and alive, in order; `rows` stays empty): their
     /// keys, per pending batch, pushed into the index as they are, with no per-key planning,
     /// and the batches written as they are.
-    fresh: Vec<arrow::row::Rows>,
+    pub(super) fresh: Vec<arrow::row::Rows>,
+}
+
+impl Plan {
+    /// The plan of copy rows already written: new keys only, in order.
+    pub(super) fn copied(truncate: bool, fresh: Vec<arrow::row::Rows>) -> Self {
+        Plan {
+            truncate,
+            deletes: Vec::new(),
+            rows: Vec::new(),
+            touched: HashMap::default(),
+            missing: 0,
+            fresh,
+        }
+    }
 }
 
 /// The key columns of a pending batch of `t`, in the key's types.
-fn key_arrays(t: &SilverTable, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+pub(super) fn key_arrays(t: &SilverTable, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
     t.key_cols
         .iter()
         .zip(t.key_schema.fields())
@@ -257,10 +272,12 @@ pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<D
         return Ok(Vec::new());
     }
     let ident = t.table.identifier().clone();
-    let mut writer = crate::files::data_writer(&t.table, t.schema.clone(), 512 * 1024 * 1024, "")?
+    let files = crate::files::data_writer(&t.table, t.schema.clone(), 512 * 1024 * 1024, "")?
         .build(None)
         .await
         .map_err(LakehouseError::iceberg(&ident))?;
+    // Encoding runs beside the reading and assembling of the next batch.
+    let mut writer = SpawnedWriter::plain(ident.to_string(), files);
     let mut rows = 0u64;
     // An initial copy's rows are the pending batches' silver columns, in order.
     for b in 0..if plan.fresh.is_empty() {
@@ -272,23 +289,14 @@ pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<D
         let columns = input.columns()[..t.arrow.fields().len()].to_vec();
         let batch = RecordBatch::try_new(t.arrow.clone(), columns)?;
         rows += batch.num_rows() as u64;
-        writer
-            .write(batch)
-            .await
-            .map_err(LakehouseError::iceberg(&ident))?;
+        writer.write(None, batch).await?;
     }
     for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
         let batch = assemble(t, chunk).await?;
         rows += batch.num_rows() as u64;
-        writer
-            .write(batch)
-            .await
-            .map_err(LakehouseError::iceberg(&ident))?;
+        writer.write(None, batch).await?;
     }
-    let files = writer
-        .close()
-        .await
-        .map_err(LakehouseError::iceberg(&ident))?;
+    let files = writer.close().await?;
     let written: u64 = files.iter().map(|f| f.record_count()).sum();
     if written != rows {
         return Err(LakehouseError::PlanInvariant(format!(
