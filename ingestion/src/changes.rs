@@ -140,27 +140,6 @@ impl ChangeBuffer {
         Ok(())
     }
 
-    /// Appends one row of the initial copy given as COPY text fields (already unescaped; None = NULL).
-    pub fn push_fields(&mut self, fields: &[Option<&[u8]>], meta: ChangeMeta) -> Result<()> {
-        if fields.len() != self.cols.len() {
-            return Err(IngestError::Protocol(format!(
-                "{}: copy row has {} fields, table has {}",
-                self.table,
-                fields.len(),
-                self.cols.len()
-            )));
-        }
-        for (i, f) in fields.iter().enumerate() {
-            match f {
-                None => self.cols[i].append_null(),
-                Some(v) => self.append_text(i, v)?,
-            }
-        }
-        self.unchanged.append(false);
-        self.push_meta(Op::Insert, meta);
-        Ok(())
-    }
-
     /// Appends one row of a binary COPY: field `i` is `data[a..b]` for `spans[i] ==
     /// Some((a, b))` (None = NULL), in binary form where `binary[i]`, else as text.
     pub fn push_copy_row(

@@ -8,6 +8,7 @@
 
 pub mod change_source;
 pub mod changes;
+mod copy_binary;
 mod error;
 mod lsn;
 pub mod pg_source;

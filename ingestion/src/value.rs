@@ -197,55 +197,6 @@ impl ColumnBuilder {
         Ok(())
     }
 
-    /// Appends a value in PostgreSQL's binary send format, for the types the initial copy
-    /// reads in binary (see `PgColumn::copy_expr`): integers, floats, bool, bytea, date,
-    /// time, timestamps, uuid, and text-like types (whose binary form is their text).
-    /// Infinities and times past Iceberg's range map as their text does (ADR 0007).
-    pub fn append_binary(&mut self, v: &[u8]) -> Result<(), String> {
-        let bad = |what: &str| format!("{what} in binary ({} bytes)", v.len());
-        match self {
-            Self::Bool(b) => match v {
-                [0] => b.append_value(false),
-                [1] => b.append_value(true),
-                _ => return Err(bad("not a boolean")),
-            },
-            Self::Int32(b) => b.append_value(match v.len() {
-                2 => i16::from_be_bytes(be(v)?) as i32,
-                4 => i32::from_be_bytes(be(v)?),
-                _ => return Err(bad("not an integer")),
-            }),
-            Self::Int64(b) => b.append_value(i64::from_be_bytes(be(v)?)),
-            Self::Float32(b) => b.append_value(f32::from_be_bytes(be(v)?)),
-            Self::Float64(b) => b.append_value(f64::from_be_bytes(be(v)?)),
-            Self::Utf8(b) => b.append_value(as_str(v)?),
-            Self::Binary(b) => b.append_value(v),
-            Self::Date(b) => b.append_value(match i32::from_be_bytes(be(v)?) {
-                i32::MAX => DATE_INFINITY,
-                i32::MIN => DATE_NEG_INFINITY,
-                // Days since 2000-01-01; PostgreSQL's last date stays within i32 from 1970.
-                d => d
-                    .checked_add(PG_EPOCH_DAYS)
-                    .ok_or_else(|| bad("a date out of range"))?,
-            }),
-            Self::Time(b) => b.append_value(i64::from_be_bytes(be(v)?)),
-            Self::Timestamp(b, _) => b.append_value(match i64::from_be_bytes(be(v)?) {
-                i64::MAX => TIMESTAMP_INFINITY,
-                i64::MIN => TIMESTAMP_NEG_INFINITY,
-                // Microseconds since 2000-01-01 UTC; past Iceberg's last time: its infinity.
-                t => t
-                    .checked_add(i64::from(PG_EPOCH_DAYS) * 86_400_000_000)
-                    .unwrap_or(TIMESTAMP_INFINITY),
-            }),
-            Self::Uuid(b) => b
-                .append_value(<[u8; 16]>::try_from(v).map_err(|_| bad("not a uuid"))?)
-                .map_err(|e| e.to_string())?,
-            Self::Decimal(..) | Self::List { .. } => {
-                return Err("numeric and array values are read as text".to_string());
-            }
-        }
-        Ok(())
-    }
-
     /// Takes the values appended so far as an array, leaving the builder empty.
     pub fn finish(&mut self) -> ArrayRef {
         match self {
@@ -276,15 +227,7 @@ impl ColumnBuilder {
     }
 }
 
-/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
-const PG_EPOCH_DAYS: i32 = 10_957;
-
-/// A fixed-width big-endian value's bytes, or an error naming the width found.
-fn be<const N: usize>(v: &[u8]) -> Result<[u8; N], String> {
-    <[u8; N]>::try_from(v).map_err(|_| format!("{} bytes where {N} were expected", v.len()))
-}
-
-fn as_str(v: &[u8]) -> Result<&str, String> {
+pub(crate) fn as_str(v: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(v).map_err(|_| "value is not valid UTF-8".to_string())
 }
 
@@ -575,86 +518,6 @@ mod tests {
     use super::*;
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Field, Int32Type};
-
-    /// A value read in binary (as the copy reads it) equals the same value read as text
-    /// (as the stream sends it), infinities and PostgreSQL's epoch included.
-    #[test]
-    fn binary_values_read_as_their_text() {
-        let same = |kind: PgKind, dt: DataType, bin: &[u8], text: &[u8]| {
-            let mut a = ColumnBuilder::new(&kind, &dt);
-            let mut b = ColumnBuilder::new(&kind, &dt);
-            a.append_binary(bin).unwrap();
-            b.append_text(text).unwrap();
-            assert_eq!(
-                a.finish().to_data(),
-                b.finish().to_data(),
-                "{:?}",
-                String::from_utf8_lossy(text)
-            );
-        };
-        let date = DataType::Date32;
-        same(
-            PgKind::Date,
-            date.clone(),
-            &0i32.to_be_bytes(),
-            b"2000-01-01",
-        );
-        same(
-            PgKind::Date,
-            date.clone(),
-            &(-10_957i32).to_be_bytes(),
-            b"1970-01-01",
-        );
-        same(
-            PgKind::Date,
-            date.clone(),
-            &i32::MAX.to_be_bytes(),
-            b"infinity",
-        );
-        same(PgKind::Date, date, &i32::MIN.to_be_bytes(), b"-infinity");
-        let ts = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None);
-        let day = 86_400_000_000i64;
-        same(
-            PgKind::Timestamp,
-            ts.clone(),
-            &(day + 1).to_be_bytes(),
-            b"2000-01-02 00:00:00.000001",
-        );
-        same(
-            PgKind::Timestamp,
-            ts.clone(),
-            &i64::MAX.to_be_bytes(),
-            b"infinity",
-        );
-        same(PgKind::Timestamp, ts, &i64::MIN.to_be_bytes(), b"-infinity");
-        // Past Iceberg's last microsecond: its infinity, as the text of such a time maps.
-        let late = i64::MAX - 1;
-        let mut b = ColumnBuilder::new(&PgKind::Timestamp, &DataType::Int64);
-        b.append_binary(&late.to_be_bytes()).unwrap();
-        let got = b.finish();
-        assert_eq!(
-            got.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-                .value(0),
-            TIMESTAMP_INFINITY
-        );
-        same(PgKind::Int2, DataType::Int32, &(-2i16).to_be_bytes(), b"-2");
-        same(
-            PgKind::Float8,
-            DataType::Float64,
-            &1.5f64.to_be_bytes(),
-            b"1.5",
-        );
-        same(PgKind::Bool, DataType::Boolean, &[1], b"t");
-        same(
-            PgKind::Time,
-            DataType::Time64(arrow::datatypes::TimeUnit::Microsecond),
-            &(3_600_000_000i64).to_be_bytes(),
-            b"01:00:00",
-        );
-        let mut b = ColumnBuilder::new(&PgKind::Int8, &DataType::Int64);
-        let err = b.append_binary(&[0, 1]).unwrap_err();
-        assert!(err.contains("2 bytes where 8"), "{err}");
-    }
 
     #[test]
     fn integers_and_decimals() {

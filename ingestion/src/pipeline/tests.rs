@@ -188,7 +188,10 @@ impl ChangeSource for Scripted {
                 commit_ts: stamp.commit_ts,
                 seq: seq as i64,
             };
-            buf.push_fields(&[Some(id), Some(b"copied")], meta)?;
+            // As a binary COPY row whose two fields arrive as text.
+            let data = [*id, b"copied"].concat();
+            let spans = [Some((0, id.len())), Some((id.len(), data.len()))];
+            buf.push_copy_row(&data, &spans, &[false, false], meta)?;
         }
         sink.write(idx, buf.finish()?).await?;
         Ok(rows.len() as u64)

@@ -37,8 +37,6 @@ pub(super) struct Pending {
     /// Arrow bytes of the batches held in memory.
     memory: usize,
     rows: usize,
-    /// Every batch is rows of an initial copy (see [`Pending::push`]).
-    copy_only: bool,
 }
 
 impl Pending {
@@ -50,11 +48,6 @@ impl Pending {
     /// Whether no row is pending.
     pub(super) fn is_empty(&self) -> bool {
         self.slots.is_empty()
-    }
-
-    /// Whether rows are pending and every one is a row of an initial copy.
-    pub(super) fn copy_only(&self) -> bool {
-        self.copy_only && !self.slots.is_empty()
     }
 
     /// Number of pending rows.
@@ -76,12 +69,7 @@ impl Pending {
     }
 
     /// Appends `batch`, spilling it when the batches in memory would exceed `budget` bytes.
-    ///
-    /// `copy` says the batch holds only rows of an initial copy: inserts of keys that are
-    /// new to the table (one snapshot of a table has each key once), so planning may skip
-    /// looking them up.
-    pub(super) fn push(&mut self, batch: RecordBatch, budget: usize, copy: bool) -> Result<()> {
-        self.copy_only = copy && (self.copy_only || self.slots.is_empty());
+    pub(super) fn push(&mut self, batch: RecordBatch, budget: usize) -> Result<()> {
         let size = batch.get_array_memory_size();
         self.rows += batch.num_rows();
         if self.memory + size <= budget || self.slots.is_empty() {
@@ -210,7 +198,7 @@ mod tests {
         let mut p = Pending::default();
         let budget = batch(0, 1000).get_array_memory_size() * 2;
         for k in 0..10 {
-            p.push(batch(k * 1000, 1000), budget, false).unwrap();
+            p.push(batch(k * 1000, 1000), budget).unwrap();
         }
         assert_eq!(p.rows(), 10_000);
         assert_eq!(p.len(), 10);
@@ -228,8 +216,8 @@ mod tests {
     #[test]
     fn the_first_batch_stays_in_memory_even_over_budget() {
         let mut p = Pending::default();
-        p.push(batch(0, 100), 1, false).unwrap();
-        p.push(batch(100, 100), 1, false).unwrap();
+        p.push(batch(0, 100), 1).unwrap();
+        p.push(batch(100, 100), 1).unwrap();
         assert_eq!(p.spilled(), 1);
         assert_eq!(p.get(1).unwrap(), batch(100, 100));
     }

@@ -54,9 +54,9 @@ pub(super) struct Plan {
     touched: HashMap<Box<[u8]>, Vec<Cur>, crate::pk_index::Hasher>,
     /// Updates and deletes whose key had no live row (logged; nothing to remove).
     missing: u64,
-    /// An initial copy's rows (every row new and alive, in order; `rows` stays empty): their
-    /// keys, per pending batch, pushed into the index as they are, with no per-key planning,
-    /// and the batches written as they are.
+    /// An initial copy's rows, already written as they came (`copy.rs`; every row new and
+    /// alive, in order; `rows` stays empty): their keys, per batch, pushed into the index as
+    /// they are, with no per-key planning.
     pub(super) fresh: Vec<arrow::row::Rows>,
 }
 
@@ -104,16 +104,6 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
         missing: 0,
         fresh: Vec::new(),
     };
-    if t.pending.copy_only() {
-        // Rows of one snapshot of the source table: each key once, and none already in the
-        // table (a copy starts on an empty or reset table, and its pieces are disjoint).
-        for b in 0..t.pending.len() {
-            let batch = &pending_batch(t, b)?;
-            p.fresh
-                .push(converter.convert_columns(&key_arrays(t, batch)?)?);
-        }
-        return Ok(p);
-    }
     let mut base_cleared = t.reset;
     // The row a delete just removed: when the change right after it is an update of a key
     // without a live row, the row moved to a new key and unsent values come from here.
@@ -268,7 +258,7 @@ pub(super) fn plan(t: &SilverTable) -> Result<Plan> {
 /// committed rows (carried values) it takes values from.
 pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<DataFile>> {
     let alive: Vec<&NewRow> = plan.rows.iter().filter(|r| r.alive).collect();
-    if alive.is_empty() && plan.fresh.is_empty() {
+    if alive.is_empty() {
         return Ok(Vec::new());
     }
     let ident = t.table.identifier().clone();
@@ -279,18 +269,6 @@ pub(super) async fn write_new_rows(t: &SilverTable, plan: &Plan) -> Result<Vec<D
     // Encoding runs beside the reading and assembling of the next batch.
     let mut writer = SpawnedWriter::plain(ident.to_string(), files);
     let mut rows = 0u64;
-    // An initial copy's rows are the pending batches' silver columns, in order.
-    for b in 0..if plan.fresh.is_empty() {
-        0
-    } else {
-        t.pending.len()
-    } {
-        let input = pending_batch(t, b)?;
-        let columns = input.columns()[..t.arrow.fields().len()].to_vec();
-        let batch = RecordBatch::try_new(t.arrow.clone(), columns)?;
-        rows += batch.num_rows() as u64;
-        writer.write(None, batch).await?;
-    }
     for chunk in alive.chunks(OUTPUT_BATCH_ROWS) {
         let batch = assemble(t, chunk).await?;
         rows += batch.num_rows() as u64;
