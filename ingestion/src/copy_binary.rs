@@ -27,8 +27,16 @@ impl ColumnBuilder {
                 _ => return Err(bad("not an integer")),
             }),
             Self::Int64(b) => b.append_value(i64::from_be_bytes(be(v)?)),
-            Self::Float32(b) => b.append_value(f32::from_be_bytes(be(v)?)),
-            Self::Float64(b) => b.append_value(f64::from_be_bytes(be(v)?)),
+            // Every NaN as the one its text `NaN` parses to: keys and equality must agree
+            // with the stream, and PostgreSQL stores NaNs of either sign.
+            Self::Float32(b) => b.append_value(match f32::from_be_bytes(be(v)?) {
+                x if x.is_nan() => f32::NAN,
+                x => x,
+            }),
+            Self::Float64(b) => b.append_value(match f64::from_be_bytes(be(v)?) {
+                x if x.is_nan() => f64::NAN,
+                x => x,
+            }),
             Self::Utf8(b) => b.append_value(as_str(v)?),
             Self::Binary(b) => b.append_value(v),
             Self::Date(b) => b.append_value(match i32::from_be_bytes(be(v)?) {
@@ -241,6 +249,19 @@ mod tests {
             DataType::Float64,
             &1.5f64.to_be_bytes(),
             b"1.5",
+        );
+        // A NaN of the other sign (0 * 'inf' on x86) reads as the text's NaN.
+        same(
+            PgKind::Float8,
+            DataType::Float64,
+            &(-f64::NAN).to_be_bytes(),
+            b"NaN",
+        );
+        same(
+            PgKind::Float4,
+            DataType::Float32,
+            &(-f32::NAN).to_be_bytes(),
+            b"NaN",
         );
         same(PgKind::Bool, DataType::Boolean, &[1], b"t");
         same(

@@ -3,9 +3,12 @@
 //! of a copy's work, run on another core.
 //!
 //! The queue holds at most [`QUEUE`] batches, so memory stays bounded by the caller's batch
-//! size. A writer dropped without [`SpawnedWriter::close`] finishes what it was handed and
-//! stops: its files are never committed and are left to orphan removal, as an abandoned
-//! in-line writer's.
+//! size. A writer dropped without [`SpawnedWriter::close`] takes what it was handed and
+//! stops without finishing its files: they are never committed and are left to orphan
+//! removal, as an abandoned in-line writer's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use iceberg::spec::{DataFile, PartitionKey};
 use iceberg::writer::IcebergWriter;
@@ -18,67 +21,97 @@ use crate::{LakehouseError, Result};
 /// Batches waiting for the writer task at most.
 const QUEUE: usize = 2;
 
+/// Writers on blocking-pool threads at most, process-wide. Each holds its thread for its
+/// whole life, and the pool (512 threads) also serves local file I/O: with a writer per
+/// table, a batch touching hundreds of tables would take every thread and wait forever for
+/// one. Writers beyond this many run as ordinary tasks.
+static BLOCKING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 type Item = (Option<PartitionKey>, arrow::array::RecordBatch);
 
 /// A data-file writer running on a task of its own (see the module docs).
 pub struct SpawnedWriter {
     tx: Option<mpsc::Sender<Item>>,
     task: Option<JoinHandle<Result<Vec<DataFile>>>>,
+    /// Set when dropped without `close`: the task stops without finishing its files.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl SpawnedWriter {
     /// Runs a writer of partitioned rows (each batch comes with its partition's key).
     pub fn partitioned<W: PartitioningWriter>(table: String, mut writer: W) -> Self {
-        Self::spawn(move |mut rx: mpsc::Receiver<Item>| async move {
-            while let Some((key, batch)) = rx.recv().await {
-                let key = key.ok_or_else(|| {
-                    LakehouseError::PlanInvariant(format!(
-                        "{table}: a batch without its partition key"
-                    ))
-                })?;
+        Self::spawn(
+            move |mut rx: mpsc::Receiver<Item>, abandoned: Arc<AtomicBool>| async move {
+                while let Some((key, batch)) = rx.recv().await {
+                    let key = key.ok_or_else(|| {
+                        LakehouseError::PlanInvariant(format!(
+                            "{table}: a batch without its partition key"
+                        ))
+                    })?;
+                    writer
+                        .write(key, batch)
+                        .await
+                        .map_err(LakehouseError::iceberg(&table))?;
+                }
+                if abandoned.load(Ordering::Acquire) {
+                    return Ok(Vec::new()); // dropped unclosed: its files are never finished
+                }
                 writer
-                    .write(key, batch)
+                    .close()
                     .await
-                    .map_err(LakehouseError::iceberg(&table))?;
-            }
-            writer
-                .close()
-                .await
-                .map_err(LakehouseError::iceberg(&table))
-        })
+                    .map_err(LakehouseError::iceberg(&table))
+            },
+        )
     }
 
     /// Runs a writer of unpartitioned rows.
     pub fn plain<W: IcebergWriter>(table: String, mut writer: W) -> Self {
-        Self::spawn(move |mut rx: mpsc::Receiver<Item>| async move {
-            while let Some((_, batch)) = rx.recv().await {
+        Self::spawn(
+            move |mut rx: mpsc::Receiver<Item>, abandoned: Arc<AtomicBool>| async move {
+                while let Some((_, batch)) = rx.recv().await {
+                    writer
+                        .write(batch)
+                        .await
+                        .map_err(LakehouseError::iceberg(&table))?;
+                }
+                if abandoned.load(Ordering::Acquire) {
+                    return Ok(Vec::new()); // dropped unclosed: its files are never finished
+                }
                 writer
-                    .write(batch)
+                    .close()
                     .await
-                    .map_err(LakehouseError::iceberg(&table))?;
-            }
-            writer
-                .close()
-                .await
-                .map_err(LakehouseError::iceberg(&table))
-        })
+                    .map_err(LakehouseError::iceberg(&table))
+            },
+        )
     }
 
     fn spawn<F, Fut>(run: F) -> Self
     where
-        F: FnOnce(mpsc::Receiver<Item>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<DataFile>>>,
+        F: FnOnce(mpsc::Receiver<Item>, Arc<AtomicBool>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<DataFile>>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let flag = abandoned.clone();
         // On a blocking-pool thread, not an async worker: encoding holds the thread for
         // long stretches, and the workers must stay free for I/O (the source connection's
         // task among them). Its own I/O still runs on this runtime.
-        let handle = tokio::runtime::Handle::current();
+        let task = match BLOCKING.try_acquire() {
+            Ok(permit) => {
+                permit.forget(); // given back when the thread is done
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    let out = handle.block_on(run(rx, flag));
+                    BLOCKING.add_permits(1);
+                    out
+                })
+            }
+            Err(_) => tokio::spawn(run(rx, flag)),
+        };
         Self {
             tx: Some(tx),
-            task: Some(tokio::task::spawn_blocking(move || {
-                handle.block_on(run(rx))
-            })),
+            task: Some(task),
+            abandoned,
         }
     }
 
@@ -129,9 +162,108 @@ impl SpawnedWriter {
     }
 }
 
+impl Drop for SpawnedWriter {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            self.abandoned.store(true, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts what it is handed; its close needs a blocking-pool thread, as a local file's
+    /// write and fsync do. `alive` is held until the writer is dropped.
+    struct Counting {
+        batches: Arc<std::sync::atomic::AtomicUsize>,
+        closed: Arc<std::sync::atomic::AtomicUsize>,
+        _alive: Arc<()>,
+    }
+
+    #[async_trait::async_trait]
+    impl IcebergWriter for Counting {
+        async fn write(&mut self, _: arrow::array::RecordBatch) -> iceberg::Result<()> {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn close(&mut self) -> iceberg::Result<Vec<DataFile>> {
+            let closed = self.closed.clone();
+            tokio::task::spawn_blocking(move || closed.fetch_add(1, Ordering::SeqCst))
+                .await
+                .expect("blocking close");
+            Ok(Vec::new())
+        }
+    }
+
+    fn empty_batch() -> arrow::array::RecordBatch {
+        arrow::array::RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()))
+    }
+
+    /// More writers open at once than the blocking pool has threads (a batch touching
+    /// hundreds of tables): every one takes its batches and closes, none waits forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_open_writers_than_blocking_threads_all_finish() {
+        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        const WRITERS: usize = 600; // tokio's blocking pool holds 512 threads
+        let run = async {
+            let mut open = Vec::new();
+            for i in 0..WRITERS {
+                let w = Counting {
+                    batches: batches.clone(),
+                    closed: closed.clone(),
+                    _alive: Arc::new(()),
+                };
+                open.push(SpawnedWriter::plain(format!("t{i}"), w));
+            }
+            for w in &mut open {
+                for _ in 0..QUEUE + 2 {
+                    w.write(None, empty_batch()).await.unwrap();
+                }
+            }
+            for w in open {
+                w.close().await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("writers stuck waiting for blocking threads");
+        assert_eq!(batches.load(Ordering::SeqCst), WRITERS * (QUEUE + 2));
+        assert_eq!(closed.load(Ordering::SeqCst), WRITERS);
+    }
+
+    /// A writer dropped without `close` takes what it was handed and stops, without
+    /// finishing (encoding, uploading) files nobody will commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_writer_does_not_finish_its_files() {
+        let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let alive = Arc::new(());
+        let mut w = SpawnedWriter::plain(
+            "t".into(),
+            Counting {
+                batches: batches.clone(),
+                closed: closed.clone(),
+                _alive: alive.clone(),
+            },
+        );
+        w.write(None, empty_batch()).await.unwrap();
+        drop(w);
+        // The task drops its writer when it ends.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while Arc::strong_count(&alive) > 1 {
+            assert!(std::time::Instant::now() < deadline, "the task never ended");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(batches.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            0,
+            "a dropped writer closed its files"
+        );
+    }
 
     /// A failure inside the task reaches the caller at its next write or at close.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

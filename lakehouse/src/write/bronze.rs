@@ -511,7 +511,10 @@ impl ChangeSink for BronzeSink {
                 .into_iter()
                 .map(|(k, _)| k)
                 .next();
-            key.map(|k| vec![(k, batch)]).unwrap_or_default()
+            let key = key.ok_or_else(|| {
+                LakehouseError::PlanInvariant(format!("{}: no partition for a batch", t.ident))
+            })?;
+            vec![(key, batch)]
         } else {
             t.splitter
                 .split(&batch)
