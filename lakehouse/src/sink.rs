@@ -141,7 +141,10 @@ pub trait ChangeSink: Send {
         Ok(())
     }
 
-    /// Buffers rows for table `table` (an index into the `prepare` list).
+    /// Buffers rows for table `table` (an index into the `prepare` list). Nothing it takes
+    /// gets a position before `commit`; it may commit positionless copy pieces (as
+    /// [`ChangeSink::commit_copy_piece`] does) of copy rows it already wrote, when rows of
+    /// another kind follow them (silver), so it may fail as a commit does.
     async fn write(&mut self, table: usize, batch: RecordBatch) -> Result<()>;
 
     /// Commits every table with buffered rows, plus each table in `mark` even if it
