@@ -119,6 +119,24 @@ pub async fn copy(cfg: CopyBenchConfig) -> Result<()> {
             rate(o) / rate(c),
             peak >> 20
         );
+        let cpu = median(ours.iter().map(|r| r.cpu_secs).collect());
+        let server = ours
+            .iter()
+            .filter_map(|r| r.server_cpu_secs)
+            .collect::<Vec<_>>();
+        let server = if server.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the SeaweedFS server beside it used {:.1} CPU s of the same cores",
+                median(server)
+            )
+        };
+        println!(
+            "{:<14} CPU: bitvelocity ingest used {cpu:.1} CPU s ({:.2} cores over its run){server}",
+            target,
+            cpu / o
+        );
         if let Some((bytes, rows)) = index_cost {
             println!(
                 "{:<14} key index: {rows} keys, {} MiB in memory, {:.1} bytes per row",

@@ -96,6 +96,10 @@ pub struct ProcessRun {
     pub secs: f64,
     /// Peak resident memory (`VmHWM`, sampled every 50 ms), bytes.
     pub peak_rss: u64,
+    /// CPU seconds (user + system) the ingest process used, as last sampled before it exited.
+    pub cpu_secs: f64,
+    /// CPU seconds the SeaweedFS server used during the run (it shares the machine's cores).
+    pub server_cpu_secs: Option<f64>,
 }
 
 /// Runs `bitvelocity ingest --exit-when-caught-up` on `publication` through `slot` into `wh`
@@ -137,10 +141,13 @@ pub async fn run_ingest(
     if let Some(s3) = s3 {
         cmd.envs(s3.env());
     }
+    let server_pid = s3.and_then(|s| s.pid());
+    let server_before = server_pid.and_then(cpu_secs_of);
     let t = Instant::now();
     let mut child = cmd.spawn().context("starting bitvelocity ingest")?;
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak = 0u64;
+    let mut cpu = 0.0f64;
     let status = loop {
         if let Some(s) = child.try_wait()? {
             break s;
@@ -148,7 +155,12 @@ pub async fn run_ingest(
         if let Ok(text) = std::fs::read_to_string(&status_path) {
             peak = peak.max(vm_hwm(&text).unwrap_or(0));
         }
+        cpu = cpu_secs_of(child.id()).unwrap_or(cpu);
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let server_cpu_secs = match (server_before, server_pid.and_then(cpu_secs_of)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
     };
     let secs = t.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -159,7 +171,27 @@ pub async fn run_ingest(
     Ok(ProcessRun {
         secs,
         peak_rss: peak,
+        cpu_secs: cpu,
+        server_cpu_secs,
     })
+}
+
+/// User + system CPU seconds of process `pid`, from `/proc/<pid>/stat` (fields 14 and 15,
+/// in clock ticks of 1/100 s, the Linux `USER_HZ` on every mainstream architecture).
+fn cpu_secs_of(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_secs_of_stat(&text)
+}
+
+/// The user + system seconds of one `/proc/<pid>/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces, so fields are counted after its closing one.
+fn cpu_secs_of_stat(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name the state is field 3 (index 0), so utime (field 14) is at index 11.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// `VmHWM` (peak resident set) of a `/proc/<pid>/status` text, in bytes.
@@ -207,4 +239,20 @@ pub fn spinner(msg: &str) -> Result<ProgressBar> {
     bar.set_message(msg.to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
     Ok(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_come_from_utime_and_stime_after_a_name_with_spaces() {
+        // A real line's shape: utime 250 and stime 130 ticks, a name with ") (" in it.
+        let line = "4242 (weed ) (x) S 1 4242 4242 0 -1 4194560 9123 0 3 0 250 130 0 0 20 0 \
+                    12 0 77 1234567 890 18446744073709551615";
+        assert_eq!(cpu_secs_of_stat(line), Some(3.8));
+        assert_eq!(cpu_secs_of_stat("4242 (weed) S 1"), None);
+        // This process has used some CPU by now, and its own stat line parses.
+        assert!(cpu_secs_of(std::process::id()).is_some());
+    }
 }

@@ -94,6 +94,11 @@ impl SeaweedFs {
         Ok(server)
     }
 
+    /// The server's process id, so a benchmark can report the CPU the server used.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// The S3 endpoint, `http://127.0.0.1:<port>` (path-style, plain HTTP).
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)

@@ -118,6 +118,12 @@ impl<'a> BinaryCopy<'a> {
             if &data[..SIGNATURE.len()] != SIGNATURE {
                 return Err(self.bad("output lacks its signature"));
             }
+            // Bits 16-31 of the flags are critical (16: rows carry OIDs): a reader must not
+            // go on past one it does not expect.
+            let flags = u32::from_be_bytes(be4(&data[11..15]));
+            if flags >> 16 != 0 {
+                return Err(self.bad(format_args!("header has critical flags {flags:#x}")));
+            }
             let ext = u32::from_be_bytes(be4(&data[15..19])) as usize;
             if data.len() < 19 + ext {
                 return Ok(0);
@@ -149,9 +155,12 @@ impl<'a> BinaryCopy<'a> {
                 }
                 let len = i32::from_be_bytes(be4(&data[p..p + 4]));
                 p += 4;
-                if len < 0 {
+                if len == -1 {
                     self.spans.push(None);
                     continue;
+                }
+                if len < 0 {
+                    return Err(self.bad(format_args!("field length {len}")));
                 }
                 let end = p + len as usize;
                 if data.len() < end {
@@ -335,5 +344,27 @@ mod tests {
             .rows(&stream, |_, _| Ok(()))
             .unwrap_err();
         assert!(err.to_string().contains("3 fields"), "{err}");
+    }
+
+    /// Rows with OIDs (a critical header flag) and field lengths below -1 are refused, not
+    /// read as shifted fields or NULLs.
+    #[test]
+    fn refuses_critical_flags_and_negative_lengths() {
+        let mut oids = SIGNATURE.to_vec();
+        oids.extend_from_slice(&(1u32 << 16).to_be_bytes());
+        oids.extend_from_slice(&0u32.to_be_bytes());
+        let err = BinaryCopy::new("t", 1)
+            .rows(&oids, |_, _| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("critical flags"), "{err}");
+
+        let mut bad = SIGNATURE.to_vec();
+        bad.extend_from_slice(&[0; 8]);
+        bad.extend_from_slice(&1i16.to_be_bytes());
+        bad.extend_from_slice(&(-2i32).to_be_bytes());
+        let err = BinaryCopy::new("t", 1)
+            .rows(&bad, |_, _| Ok(()))
+            .unwrap_err();
+        assert!(err.to_string().contains("field length -2"), "{err}");
     }
 }

@@ -87,6 +87,11 @@ pub async fn copy_table<S: ChangeSink + ?Sized>(
 /// Batches the COPY reader may run ahead of the sink.
 const READ_AHEAD: usize = 2;
 
+/// COPY bytes that end a batch before `flush_rows` rows: with the batches queued ahead of
+/// the sink and in its writers (about seven), rows of kilobytes would otherwise hold
+/// gigabytes in flight.
+const BATCH_BYTES: usize = 8 << 20;
+
 /// Reads and parses the COPY text of table `name` into batches of `stamp.flush_rows` rows
 /// sent to `out`; returns the row count, or sends the error that stopped it. Stops early
 /// when `out` is dropped (the sink failed).
@@ -125,8 +130,11 @@ async fn parse_copy(
     pin_mut!(stream);
     let mut reader = BinaryCopy::new(name, binary.len());
     let mut carry: Vec<u8> = Vec::new();
+    // COPY bytes read since the last batch: wide rows end a batch before `flush_rows`.
+    let mut since = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk: Bytes = chunk?;
+        since += chunk.len();
         // Rows usually come one per message; one cut across messages is completed here.
         if carry.is_empty() {
             let used = reader.rows(&chunk, |data, spans| {
@@ -140,8 +148,11 @@ async fn parse_copy(
             })?;
             carry.drain(..used);
         }
-        if buf.len() >= stamp.flush_rows && out.send(Ok(buf.finish()?)).await.is_err() {
-            return Ok(()); // the sink is gone
+        if buf.len() >= stamp.flush_rows || (since >= BATCH_BYTES && !buf.is_empty()) {
+            since = 0;
+            if out.send(Ok(buf.finish()?)).await.is_err() {
+                return Ok(()); // the sink is gone
+            }
         }
     }
     if !reader.ended || !carry.is_empty() {

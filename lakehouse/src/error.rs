@@ -122,6 +122,14 @@ pub enum LakehouseError {
     /// Silver's scratch file lost rows it had spilled.
     #[error("silver's scratch file: {0}")]
     ScratchLost(String),
+    /// A data-file writer was used again after failing; `first` is its original error.
+    #[error("the data-file writer of {table} failed earlier: {first}")]
+    WriterFailed {
+        /// The table written.
+        table: String,
+        /// The error the writer failed with.
+        first: String,
+    },
     /// Silver's planning found its own bookkeeping inconsistent (a bug, reported rather than
     /// committed).
     #[error("silver planning invariant broken: {0}")]

@@ -52,7 +52,7 @@ impl MemoryBudget {
 
     /// Change rows (Arrow bytes) the initial copy hands over before committing a piece.
     pub fn copy_piece_bytes(&self) -> usize {
-        self.copy_piece.unwrap_or(self.limit / 16)
+        self.copy_piece.unwrap_or(self.limit / 4)
     }
 
     /// Change rows (Arrow bytes) silver keeps in memory per table before spilling them.

@@ -35,12 +35,17 @@ pub struct SpawnedWriter {
     task: Option<JoinHandle<Result<Vec<DataFile>>>>,
     /// Set when dropped without `close`: the task stops without finishing its files.
     abandoned: Arc<AtomicBool>,
+    /// The table written, for errors.
+    table: String,
+    /// The writer's error, once it failed: every later call reports it again.
+    failed: Option<String>,
 }
 
 impl SpawnedWriter {
     /// Runs a writer of partitioned rows (each batch comes with its partition's key).
     pub fn partitioned<W: PartitioningWriter>(table: String, mut writer: W) -> Self {
         Self::spawn(
+            table.clone(),
             move |mut rx: mpsc::Receiver<Item>, abandoned: Arc<AtomicBool>| async move {
                 while let Some((key, batch)) = rx.recv().await {
                     let key = key.ok_or_else(|| {
@@ -67,6 +72,7 @@ impl SpawnedWriter {
     /// Runs a writer of unpartitioned rows.
     pub fn plain<W: IcebergWriter>(table: String, mut writer: W) -> Self {
         Self::spawn(
+            table.clone(),
             move |mut rx: mpsc::Receiver<Item>, abandoned: Arc<AtomicBool>| async move {
                 while let Some((_, batch)) = rx.recv().await {
                     writer
@@ -85,7 +91,7 @@ impl SpawnedWriter {
         )
     }
 
-    fn spawn<F, Fut>(run: F) -> Self
+    fn spawn<F, Fut>(table: String, run: F) -> Self
     where
         F: FnOnce(mpsc::Receiver<Item>, Arc<AtomicBool>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<DataFile>>> + Send + 'static,
@@ -98,12 +104,12 @@ impl SpawnedWriter {
         // task among them). Its own I/O still runs on this runtime.
         let task = match BLOCKING.try_acquire() {
             Ok(permit) => {
-                permit.forget(); // given back when the thread is done
+                // Moved into the thread's closure: given back when the closure is dropped,
+                // whether it ran to the end, panicked, or never started (runtime shutdown).
                 let handle = tokio::runtime::Handle::current();
                 tokio::task::spawn_blocking(move || {
-                    let out = handle.block_on(run(rx, flag));
-                    BLOCKING.add_permits(1);
-                    out
+                    let _permit = permit;
+                    handle.block_on(run(rx, flag))
                 })
             }
             Err(_) => tokio::spawn(run(rx, flag)),
@@ -112,6 +118,8 @@ impl SpawnedWriter {
             tx: Some(tx),
             task: Some(task),
             abandoned,
+            table,
+            failed: None,
         }
     }
 
@@ -147,18 +155,30 @@ impl SpawnedWriter {
 
     async fn join(&mut self) -> Result<Vec<DataFile>> {
         let Some(task) = self.task.take() else {
-            return Err(LakehouseError::PlanInvariant(
-                "a data-file writer was joined twice".into(),
-            ));
+            return Err(match &self.failed {
+                Some(first) => LakehouseError::WriterFailed {
+                    table: self.table.clone(),
+                    first: first.clone(),
+                },
+                None => LakehouseError::PlanInvariant(format!(
+                    "{}: a data-file writer was joined twice",
+                    self.table
+                )),
+            });
         };
-        match task.await {
+        let out = match task.await {
             Ok(r) => r,
             // A panic in the writer is this caller's panic, as if it had written in line.
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(LakehouseError::PlanInvariant(
-                "a data-file writer was cancelled".into(),
-            )),
+            Err(_) => Err(LakehouseError::PlanInvariant(format!(
+                "{}: a data-file writer was cancelled",
+                self.table
+            ))),
+        };
+        if let Err(e) = &out {
+            self.failed = Some(e.to_string());
         }
+        out
     }
 }
 
@@ -292,10 +312,15 @@ mod tests {
                 break;
             }
         }
-        let e = match failed {
-            Some(e) => e,
-            None => w.close().await.expect_err("close after a failed write"),
-        };
+        let e = failed.expect("the failure reaches a write once the queue is full");
         assert!(e.to_string().contains("disk full"), "{e}");
+        // A caller going on anyway keeps hearing the first error, not a bookkeeping one.
+        let again = w.write(None, batch.clone()).await.unwrap_err();
+        assert!(
+            matches!(&again, LakehouseError::WriterFailed { first, .. } if first.contains("disk full")),
+            "{again}"
+        );
+        let closed = w.close().await.unwrap_err();
+        assert!(closed.to_string().contains("disk full"), "{closed}");
     }
 }

@@ -254,3 +254,42 @@ impl Compact {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(pos: u32) -> Loc {
+        Loc { file: 1, pos }
+    }
+
+    /// A key with two rows moves to `many`; losing one moves it back to `one`, where a
+    /// later push finds it again; a row the key lacks is not removed.
+    #[test]
+    fn a_key_moves_between_one_and_many_rows() {
+        let mut e: Entries<[u8; 8]> = Entries::default();
+        let k = 42u64.to_le_bytes();
+        e.push(k, loc(1));
+        assert!(e.many.is_empty());
+        e.push(k, loc(2));
+        assert_eq!(e.many.len(), 1);
+        assert_eq!(e.get(&k), vec![loc(1), loc(2)]);
+
+        assert!(!e.remove(&k, loc(3)), "a row the key does not have");
+        assert!(e.remove(&k, loc(1)));
+        assert!(
+            e.many.is_empty(),
+            "one row left: back in the single-row tables"
+        );
+        assert_eq!(e.get(&k), vec![loc(2)]);
+        assert!(!e.remove(&k, loc(1)), "removed twice");
+
+        e.push(k, loc(4));
+        assert_eq!(e.get(&k), vec![loc(2), loc(4)]);
+        assert_eq!(e.set(k, vec![loc(5)]), 2);
+        assert!(e.many.is_empty());
+        assert!(e.remove(&k, loc(5)));
+        assert!(e.get(&k).is_empty());
+        assert_eq!(e.iter().count(), 0);
+    }
+}

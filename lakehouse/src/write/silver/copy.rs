@@ -3,9 +3,11 @@
 //! encoding beside the ingester's reading, and bronze's) and only its keys are kept until the
 //! commit puts them in the index. Nothing is planned or held per row.
 //!
-//! Only a copy batch arriving while nothing else is pending is taken this way; any other
+//! Only a copy batch arriving while nothing else is pending is taken this way; a change
 //! batch first commits the copy rows written so far as a positionless piece (ADR 0002
-//! item 5), so a pending set never mixes written and unwritten rows.
+//! item 5), so a pending set never mixes written and unwritten rows. Rows of a copy at
+//! another position are refused until this one is committed or stopped: a second copy over
+//! the first's rows would hold every key twice.
 
 use arrow::row::{RowConverter, Rows};
 

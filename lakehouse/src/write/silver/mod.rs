@@ -166,8 +166,6 @@ fn key_positions(ident: &TableIdent, arrow: &SchemaRef, key: &[String]) -> Resul
         .collect()
 }
 
-/// A change batch in silver's input layout: the columns of `arrow` (found by field id, else
-/// by name; absent ones null, narrower ones widened), then `_op` and `_unchanged_cols`.
 /// Whether `batch` (change-log layout) holds only rows of an initial copy: inserts without a
 /// transaction id (every change of the stream carries one).
 fn is_copy_batch(batch: &RecordBatch) -> bool {
@@ -187,6 +185,8 @@ fn is_copy_batch(batch: &RecordBatch) -> bool {
         .is_some_and(|ops| ops.null_count() == 0 && ops.iter().all(|o| o == Some("insert")))
 }
 
+/// A change batch in silver's input layout: the columns of `arrow` (found by field id, else
+/// by name; absent ones null, narrower ones widened), then `_op` and `_unchanged_cols`.
 fn conform_input(
     ident: &TableIdent,
     batch: &RecordBatch,
@@ -565,11 +565,20 @@ impl ChangeSink for SilverSink {
         } else {
             None
         };
-        if let Some(p) = t.eager.as_ref().map(|e| e.point)
-            && point != Some(p)
-        {
-            // Rows of another kind (or copy) follow the copy's: its written rows go first.
-            self.commit_table(table, CommitAt::CopyPiece(p)).await?;
+        if let Some(p) = t.eager.as_ref().map(|e| e.point) {
+            match point {
+                Some(q) if q != p => {
+                    // Another copy of the table over this one's rows would hold every key
+                    // twice: a new copy starts only after this one is committed or stopped.
+                    return Err(LakehouseError::PlanInvariant(format!(
+                        "{}: rows of a copy at {q} while the copy at {p} is not committed",
+                        t.ident
+                    )));
+                }
+                Some(_) => {}
+                // Changes follow the copy's rows: its written rows go first.
+                None => self.commit_table(table, CommitAt::CopyPiece(p)).await?,
+            }
         }
         let t = self
             .tables
