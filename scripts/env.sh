@@ -47,7 +47,7 @@ ensure_venv() {
 # Keeps the reused build directory from filling the disk: every dependency or feature change
 # leaves the previous test and binary executables (hundreds of MB each) and incremental
 # sessions behind. Keeps the newest executable of each name and incremental state from the
-# last two days; nothing a build still needs goes (a removed one is relinked).
+# last 12 hours; nothing a build still needs goes (a removed one is relinked or recompiled).
 prune_build_cache() {
     local deps="$CARGO_TARGET_DIR/release/deps" inc="$CARGO_TARGET_DIR/release/incremental"
     if [ -d "$deps" ]; then
@@ -56,7 +56,9 @@ prune_build_cache() {
             sort -rn | awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++) print $2 }' |
             while read -r f; do rm -f "$deps/$f"; done
     fi
+    # Incremental state a build touched in the last 12 hours is kept; older directories are
+    # never read again and had grown to tens of GB, filling the disk mid-test.
     if [ -d "$inc" ]; then
-        find "$inc" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} +
+        find "$inc" -mindepth 1 -maxdepth 1 -mmin +720 -exec rm -rf {} +
     fi
 }

@@ -7,6 +7,7 @@ mod bench_silver;
 mod demo;
 mod inspect;
 mod resync;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +59,22 @@ impl WarehouseArgs {
         }
         self.open()
     }
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a user with a fresh key to the configuration and print the key (once).
+    New {
+        /// The server's configuration file (created if missing).
+        #[arg(long)]
+        config: PathBuf,
+        /// The new user's name.
+        #[arg(long)]
+        user: String,
+        /// Its role (defined under [roles] in the file).
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +185,23 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+    /// Serve SQL to analysts and tools over the front doors (today: HTTP), authenticated
+    /// and authorized by --config, with per-query limits.
+    Serve {
+        #[command(flatten)]
+        warehouse: WarehouseArgs,
+        /// The server's configuration: roles, users (keys as SHA-256), limits.
+        #[arg(long)]
+        config: PathBuf,
+        /// Address of the HTTP door (SQL over HTTP, /health, /metrics).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+    },
+    /// Manage the server's API keys.
+    Keys {
+        #[command(subcommand)]
+        what: KeysCommand,
     },
     /// Run the end-to-end demo: own PostgreSQL, e-commerce workload, ingest, compare.
     Demo {
@@ -489,6 +523,20 @@ async fn main() {
             })
             .await
         }
+        Command::Serve {
+            warehouse,
+            config,
+            http,
+        } => {
+            init_tracing("info");
+            match warehouse.open_existing() {
+                Ok(wh) => serve::serve(wh, &config, http, shutdown_signal()).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Keys {
+            what: KeysCommand::New { config, user, role },
+        } => serve::new_key(&config, &user, &role),
         Command::Demo {
             warehouse,
             operations,

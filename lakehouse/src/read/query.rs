@@ -55,17 +55,70 @@ pub async fn consistent_session(catalog: Arc<dyn Catalog>) -> Result<(SessionCon
     Ok((ctx, lsn))
 }
 
+/// Which tables a session shows, by `namespace.table`: the others are absent from it (and
+/// from its `information_schema`), and `as_of` refuses them.
+pub type Visible = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// How [`open_session`] builds a session.
+#[derive(Clone, Default)]
+pub struct SessionOptions {
+    /// Read every silver table at the published consistent position.
+    pub consistent: bool,
+    /// Memory a query may hold before its sorts, joins and aggregations spill (or fail).
+    pub memory_bytes: Option<usize>,
+    /// The tables shown; all when `None`.
+    pub visible: Option<Visible>,
+}
+
+/// A session as `options` say, with the consistent position it reads at (when asked).
+pub async fn open_session(
+    catalog: Arc<dyn Catalog>,
+    options: SessionOptions,
+) -> Result<(SessionContext, Option<u64>)> {
+    let (ctx, lsn) = open_with(catalog, &options, None).await?;
+    if options.consistent && lsn.is_none() {
+        return Err(LakehouseError::NoConsistentPosition(
+            "the ingester has not yet committed every silver table at least once".to_string(),
+        ));
+    }
+    Ok((ctx, lsn))
+}
+
 async fn open(
     catalog: Arc<dyn Catalog>,
     consistent: bool,
     memory_bytes: Option<usize>,
 ) -> Result<(SessionContext, Option<u64>)> {
+    let options = SessionOptions {
+        consistent,
+        ..Default::default()
+    };
+    open_with(catalog, &options, memory_bytes).await
+}
+
+/// Opens a session; `sort_spill` tunes it for one large sort within that many bytes
+/// (silver's catch-up).
+async fn open_with(
+    catalog: Arc<dyn Catalog>,
+    options: &SessionOptions,
+    sort_spill: Option<usize>,
+) -> Result<(SessionContext, Option<u64>)> {
+    let consistent = options.consistent;
+    let shown = |name: &str| options.visible.as_ref().is_none_or(|v| v(name));
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG_NAME, SILVER_NAMESPACE)
         .with_information_schema(true);
-    let ctx = match memory_bytes {
-        None => SessionContext::new_with_config(config),
-        Some(bytes) => {
+    let ctx = match (sort_spill, options.memory_bytes) {
+        (None, None) => SessionContext::new_with_config(config),
+        (None, Some(bytes)) => {
+            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_pool(std::sync::Arc::new(
+                    datafusion::execution::memory_pool::FairSpillPool::new(bytes),
+                ))
+                .build_arc()?;
+            SessionContext::new_with_config_rt(config, runtime)
+        }
+        (Some(bytes), _) => {
             // One partition (no merge of per-partition sorts on top of the sort's own), small
             // batches (a merge of spilled runs holds one batch per run), and a quarter of the
             // pool kept back for that merge instead of a fixed 10 MB.
@@ -97,6 +150,7 @@ async fn open(
         "as_of",
         Arc::new(AsOf {
             tables: tables.clone(),
+            visible: options.visible.clone(),
         }),
     );
     if !consistent {
@@ -108,12 +162,12 @@ async fn open(
                 continue;
             }
             if let Some(schema) = provider.schema(&name) {
-                current.register_schema(&name, schema)?;
+                current.register_schema(&name, filtered(&name, schema, options))?;
             }
         }
         for ns in [BRONZE_NAMESPACE, SILVER_NAMESPACE] {
             let schema = Arc::new(MemorySchemaProvider::new());
-            for (name, table) in tables.iter() {
+            for (name, table) in tables.iter().filter(|(n, _)| shown(n)) {
                 if let Some(short) = name.strip_prefix(ns).and_then(|n| n.strip_prefix('.')) {
                     let p = ParallelTable::try_new(table.clone(), None)
                         .map_err(LakehouseError::iceberg(name))?;
@@ -135,12 +189,12 @@ async fn open(
             continue;
         }
         if let Some(schema) = provider.schema(&name) {
-            pinned.register_schema(&name, schema)?;
+            pinned.register_schema(&name, filtered(&name, schema, options))?;
         }
     }
     let silver = Arc::new(MemorySchemaProvider::new());
     // A table whose capture stopped is not at `lsn`: leave it out rather than mislead.
-    for (name, table) in tables.iter() {
+    for (name, table) in tables.iter().filter(|(n, _)| shown(n)) {
         let Some(short) = name.strip_prefix("silver.") else {
             continue;
         };
@@ -242,10 +296,79 @@ fn snapshot_at_position(table: &Table, lsn: u64) -> Result<Option<i64>> {
     Ok(None)
 }
 
+/// `schema` of namespace `ns`, showing only the tables `options` let the session see.
+fn filtered(
+    ns: &str,
+    schema: Arc<dyn SchemaProvider>,
+    options: &SessionOptions,
+) -> Arc<dyn SchemaProvider> {
+    match &options.visible {
+        None => schema,
+        Some(visible) => Arc::new(FilteredSchema {
+            namespace: ns.to_string(),
+            inner: schema,
+            visible: visible.clone(),
+        }),
+    }
+}
+
+/// A schema showing only some of its tables.
+struct FilteredSchema {
+    namespace: String,
+    inner: Arc<dyn SchemaProvider>,
+    visible: Visible,
+}
+
+impl std::fmt::Debug for FilteredSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilteredSchema")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl FilteredSchema {
+    fn shows(&self, table: &str) -> bool {
+        (self.visible)(&format!("{}.{table}", self.namespace))
+    }
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for FilteredSchema {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let mut names = self.inner.table_names();
+        names.retain(|t| self.shows(t));
+        names
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        if !self.shows(name) {
+            return Ok(None);
+        }
+        self.inner.table(name).await
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.shows(name) && self.inner.table_exist(name)
+    }
+}
+
 /// `as_of(table, snapshot id | timestamp)`: a table as one of its snapshots saw it.
-#[derive(Debug)]
 struct AsOf {
     tables: Arc<HashMap<String, Table>>,
+    visible: Option<Visible>,
+}
+
+impl std::fmt::Debug for AsOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsOf")
+            .field("tables", &self.tables.len())
+            .finish()
+    }
 }
 
 impl TableFunctionImpl for AsOf {
@@ -264,6 +387,11 @@ impl TableFunctionImpl for AsOf {
             ScalarValue::Utf8(Some(n)) | ScalarValue::Utf8View(Some(n)) => n.clone(),
             _ => return Err(usage()),
         };
+        if self.visible.as_ref().is_some_and(|v| !v(&name)) {
+            return Err(datafusion::error::DataFusionError::Plan(format!(
+                "permission denied for table {name}"
+            )));
+        }
         let table = self.tables.get(&name).ok_or_else(|| {
             datafusion::error::DataFusionError::Plan(format!(
                 "as_of: no table {name} (use namespace.table, e.g. silver.orders)"

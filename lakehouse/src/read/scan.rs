@@ -68,6 +68,11 @@ impl ParallelTable {
             schema,
         })
     }
+
+    /// The table read (its identifier names it for authorization and logs).
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
 }
 
 #[async_trait]

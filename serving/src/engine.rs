@@ -1,0 +1,287 @@
+//! The one query engine behind every door: a DataFusion session per query over the
+//! lakehouse, showing only the tables the principal may read; every statement checked on
+//! its table references and again on the resolved plan (joins, views, CTEs, subqueries,
+//! `as_of`), in this one place; writes, DDL, settings and file access refused; and each
+//! query bounded by a slot (with a bounded queue), a memory pool and a wall-clock deadline
+//! that cancels its execution.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use catalog::{CATALOG_NAME, Catalog};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ParamValues, ScalarValue, TableReference};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement;
+use futures::Stream;
+use lakehouse::query::{SessionOptions, Visible, open_session};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Principal;
+use crate::config::Limits;
+use crate::metrics::ServeMetrics;
+use crate::{Result, ServingError};
+
+/// Namespaces whose tables a door may never change (the ingester owns them).
+pub const INGESTED_NAMESPACES: [&str; 2] = ["bronze", "silver"];
+
+/// The query engine every door shares.
+pub struct QueryEngine {
+    catalog: Arc<dyn Catalog>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    metrics: Arc<ServeMetrics>,
+}
+
+impl QueryEngine {
+    /// An engine over `catalog` bounded by `limits`, counting into `metrics`.
+    pub fn new(catalog: Arc<dyn Catalog>, limits: Limits, metrics: Arc<ServeMetrics>) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_concurrent_queries));
+        Self {
+            catalog,
+            limits,
+            slots,
+            metrics,
+        }
+    }
+
+    /// The limits queries run under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The metrics every door counts into.
+    pub fn metrics(&self) -> &Arc<ServeMetrics> {
+        &self.metrics
+    }
+
+    /// Runs `sql` (one statement, `$1`-style `params`) for `who`; returns its result as a
+    /// stream that holds the query's slot and deadline until it ends or is dropped (which
+    /// cancels the execution).
+    pub async fn execute(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryStream> {
+        let timeout = Duration::from_secs(self.limits.query_timeout_secs);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let work = async {
+            let slot = self.admit().await?;
+            let stream = self.plan_and_start(who, sql, params).await?;
+            Ok::<_, ServingError>((slot, stream))
+        };
+        let (slot, inner) = tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| ServingError::Timeout(self.limits.query_timeout_secs))??;
+        Ok(QueryStream {
+            schema: inner.schema(),
+            inner: Some(inner),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout_secs: self.limits.query_timeout_secs,
+            _slot: slot,
+        })
+    }
+
+    /// A slot to run in, waiting in the bounded queue when all are taken.
+    async fn admit(&self) -> Result<Slot> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let queued = self.metrics.queued.fetch_add(1, Relaxed);
+                let waiting = Waiting(self.metrics.clone());
+                if queued as usize >= self.limits.max_queued_queries {
+                    drop(waiting);
+                    self.metrics.refused_busy.fetch_add(1, Relaxed);
+                    return Err(ServingError::Busy {
+                        running: self.limits.max_concurrent_queries,
+                        queued: queued as usize,
+                    });
+                }
+                let p =
+                    self.slots.clone().acquire_owned().await.map_err(|_| {
+                        ServingError::NotAllowed("the server is shutting down".into())
+                    })?;
+                drop(waiting);
+                p
+            }
+        };
+        self.metrics.active.fetch_add(1, Relaxed);
+        Ok(Slot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    async fn plan_and_start(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<SendableRecordBatchStream> {
+        let grants = who.grants.clone();
+        let visible: Visible = Arc::new(move |t: &str| grants.can_read(t));
+        let options = SessionOptions {
+            consistent: false,
+            memory_bytes: Some((self.limits.memory_limit_mb as usize) << 20),
+            visible: Some(visible),
+        };
+        let (ctx, _) = open_session(self.catalog.clone(), options).await?;
+        let state = ctx.state();
+        let statement = state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
+        refuse_non_queries(&statement)?;
+        for reference in state.resolve_table_references(&statement)? {
+            check_reference(who, &reference)?;
+        }
+        let plan = state.statement_to_plan(statement).await?;
+        check_plan(who, &plan)?;
+        let df = ctx.execute_logical_plan(plan).await?;
+        let df = if params.is_empty() {
+            df
+        } else {
+            df.with_param_values(ParamValues::from(params))?
+        };
+        Ok(df.execute_stream().await?)
+    }
+}
+
+/// Refuses statements that are not queries: writes, DDL, `COPY`, `SET`, transactions.
+fn refuse_non_queries(statement: &Statement) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    match statement {
+        Statement::Statement(s) => match s.as_ref() {
+            Sql::Query(_) => Ok(()),
+            Sql::Explain { statement, .. } => match statement.as_ref() {
+                Sql::Query(_) => Ok(()),
+                other => Err(ServingError::NotAllowed(format!(
+                    "only queries can be explained, not {}",
+                    first_words(&other.to_string())
+                ))),
+            },
+            other => Err(ServingError::NotAllowed(format!(
+                "only queries are answered here, not {}",
+                first_words(&other.to_string())
+            ))),
+        },
+        Statement::Explain(e) => refuse_non_queries(&e.statement),
+        _ => Err(ServingError::NotAllowed(
+            "only queries are answered here (no COPY, CREATE EXTERNAL TABLE or other statements)"
+                .into(),
+        )),
+    }
+}
+
+fn first_words(s: &str) -> String {
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// `namespace.table` of a reference, with the session's defaults; `None` for the
+/// catalog's own listings (`information_schema`), which show only granted tables.
+fn qualified(reference: &TableReference) -> Option<String> {
+    let r = reference.clone().resolve(CATALOG_NAME, "silver");
+    if r.schema.as_ref() == "information_schema" {
+        return None;
+    }
+    Some(format!("{}.{}", r.schema, r.table))
+}
+
+fn check_reference(who: &Principal, reference: &TableReference) -> Result<()> {
+    match qualified(reference) {
+        Some(name) if !who.grants.can_read(&name) => Err(ServingError::PermissionDenied(name)),
+        _ => Ok(()),
+    }
+}
+
+/// Every table the resolved plan scans (subqueries included) must be readable; a scan of
+/// a lakehouse table is named by the table it reads, whatever the plan calls it.
+fn check_plan(who: &Principal, plan: &LogicalPlan) -> Result<()> {
+    let mut denied = None;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let read = datafusion::datasource::source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| {
+                    p.as_any()
+                        .downcast_ref::<lakehouse::scan::ParallelTable>()
+                        .map(|t| t.table().identifier().to_string())
+                });
+            let name = read.or_else(|| qualified(&scan.table_name));
+            if let Some(name) = name
+                && !who.grants.can_read(&name)
+            {
+                denied = Some(name);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match denied {
+        Some(name) => Err(ServingError::PermissionDenied(name)),
+        None => Ok(()),
+    }
+}
+
+/// A query slot; frees itself (and the active gauge) when the query's stream is dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<ServeMetrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A place in the queue; leaves it when dropped (admitted, refused or cancelled).
+struct Waiting(Arc<ServeMetrics>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A running query's result: batches until the end, an error, or its deadline, which
+/// drops the execution (cancelling it) and ends the stream with [`ServingError::Timeout`].
+pub struct QueryStream {
+    schema: SchemaRef,
+    inner: Option<SendableRecordBatchStream>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout_secs: u64,
+    _slot: Slot,
+}
+
+impl QueryStream {
+    /// The result's schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(next) = inner.as_mut().poll_next(cx) {
+            if next.is_none() {
+                self.inner = None;
+            }
+            return Poll::Ready(next.map(|r| r.map_err(ServingError::from)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.inner = None; // dropping the plan's stream cancels its tasks
+            return Poll::Ready(Some(Err(ServingError::Timeout(self.timeout_secs))));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,97 @@
+//! What can go wrong while serving, each kind mapped to what every door answers.
+
+use std::net::SocketAddr;
+
+/// What can go wrong while serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServingError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ConfigRead {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is wrong; the message names what.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// No credentials, or credentials matching no user.
+    #[error("authentication required: {0}")]
+    Unauthenticated(String),
+    /// The principal may not read (or write) this table.
+    #[error("permission denied for table {0}")]
+    PermissionDenied(String),
+    /// Every query slot is taken and the queue is full.
+    #[error("busy: {running} queries running and {queued} waiting; retry later")]
+    Busy {
+        /// Queries running.
+        running: usize,
+        /// Queries waiting.
+        queued: usize,
+    },
+    /// The query ran past its time limit and was cancelled.
+    #[error("query cancelled after its time limit of {0} s")]
+    Timeout(u64),
+    /// The statement is not one a door runs (writes, DDL, settings, file access).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The request is malformed (body, content type, parameters).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The query failed to plan or run (bad SQL, unknown table, type errors, memory).
+    #[error("{0}")]
+    Query(#[source] Box<datafusion::error::DataFusionError>),
+    /// The lakehouse could not open the tables.
+    #[error(transparent)]
+    Lakehouse(#[from] lakehouse::LakehouseError),
+    /// Encoding an answer failed.
+    #[error("encoding the answer: {0}")]
+    Encode(#[from] arrow::error::ArrowError),
+}
+
+impl From<datafusion::error::DataFusionError> for ServingError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        // A denial raised while planning (inside `as_of`) keeps its kind.
+        let message = e.to_string();
+        if let Some(i) = message.find("permission denied for table ") {
+            let table = message[i + "permission denied for table ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return ServingError::PermissionDenied(table);
+        }
+        ServingError::Query(Box::new(e))
+    }
+}
+
+impl ServingError {
+    /// A short stable code for clients and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServingError::Unauthenticated(_) => "unauthenticated",
+            ServingError::PermissionDenied(_) => "permission_denied",
+            ServingError::Busy { .. } => "busy",
+            ServingError::Timeout(_) => "timeout",
+            ServingError::NotAllowed(_) => "not_allowed",
+            ServingError::BadRequest(_) => "bad_request",
+            ServingError::Query(_) => "query_error",
+            _ => "internal",
+        }
+    }
+}
+
+/// Results of this crate.
+pub type Result<T, E = ServingError> = std::result::Result<T, E>;
