@@ -159,6 +159,11 @@ impl ServeConfig {
             ));
         }
         let l = &self.limits;
+        if l.query_timeout_secs > 86_400 {
+            return Err(ServingError::Config(
+                "[limits]: query_timeout_secs is at most 86400 (a day)".into(),
+            ));
+        }
         if l.query_timeout_secs == 0 || l.max_concurrent_queries == 0 || l.memory_limit_mb == 0 {
             return Err(ServingError::Config(
                 "[limits]: query_timeout_secs, memory_limit_mb and max_concurrent_queries must be above zero".into(),

@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,7 +20,7 @@ use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use lakehouse::query::{SessionOptions, Visible, open_session};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -77,15 +78,42 @@ impl QueryEngine {
             let stream = self.plan_and_start(who, sql, params).await?;
             Ok::<_, ServingError>((slot, stream))
         };
-        let (slot, inner) = tokio::time::timeout_at(deadline, work)
+        let secs = self.limits.query_timeout_secs;
+        let (slot, mut inner) = tokio::time::timeout_at(deadline, work)
             .await
-            .map_err(|_| ServingError::Timeout(self.limits.query_timeout_secs))??;
+            .map_err(|_| ServingError::Timeout(secs))??;
+        let schema = inner.schema();
+        // The execution runs on a task of its own holding the slot, under the deadline,
+        // whether or not the client reads: a slow or silent client cannot keep a query (or
+        // its slot) past its time. A client that goes away drops the receiver, which ends
+        // the task and so the execution.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let end = Arc::new(AtomicU8::new(RUNNING));
+        let ended = end.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let run = async {
+                while let Some(item) = inner.next().await {
+                    let failed = item.is_err();
+                    if failed {
+                        ended.store(FAILED, Relaxed);
+                    }
+                    if tx.send(item.map_err(ServingError::from)).await.is_err() || failed {
+                        return;
+                    }
+                }
+                ended.store(COMPLETE, Relaxed);
+            };
+            if tokio::time::timeout_at(deadline, run).await.is_err() {
+                ended.store(TIMED_OUT, Relaxed);
+            }
+        });
         Ok(QueryStream {
-            schema: inner.schema(),
-            inner: Some(inner),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            timeout_secs: self.limits.query_timeout_secs,
-            _slot: slot,
+            schema,
+            rx,
+            end,
+            timeout_secs: secs,
+            reported: false,
         })
     }
 
@@ -140,6 +168,13 @@ impl QueryEngine {
             check_reference(who, &reference)?;
         }
         let plan = state.statement_to_plan(statement).await?;
+        // What the statement became once planned (`SELECT ... INTO` is a table creation).
+        datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| ServingError::NotAllowed(e.strip_backtrace()))?;
         check_plan(who, &plan)?;
         let df = ctx.execute_logical_plan(plan).await?;
         let df = if params.is_empty() {
@@ -248,14 +283,21 @@ impl Drop for Waiting {
     }
 }
 
+const RUNNING: u8 = 0;
+const COMPLETE: u8 = 1;
+const FAILED: u8 = 2;
+const TIMED_OUT: u8 = 3;
+
 /// A running query's result: batches until the end, an error, or its deadline, which
 /// drops the execution (cancelling it) and ends the stream with [`ServingError::Timeout`].
+/// A result never ends early without an error: batches still queued when the deadline
+/// passed are followed by the timeout, not by a silent end.
 pub struct QueryStream {
     schema: SchemaRef,
-    inner: Option<SendableRecordBatchStream>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    rx: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+    end: Arc<AtomicU8>,
     timeout_secs: u64,
-    _slot: Slot,
+    reported: bool,
 }
 
 impl QueryStream {
@@ -269,19 +311,18 @@ impl Stream for QueryStream {
     type Item = Result<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(next) = inner.as_mut().poll_next(cx) {
-            if next.is_none() {
-                self.inner = None;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
+            Poll::Ready(None) => {
+                let end = self.end.load(Relaxed);
+                if end == COMPLETE || end == FAILED || self.reported {
+                    return Poll::Ready(None);
+                }
+                // Timed out (or the task died): say so, once.
+                self.reported = true;
+                Poll::Ready(Some(Err(ServingError::Timeout(self.timeout_secs))))
             }
-            return Poll::Ready(next.map(|r| r.map_err(ServingError::from)));
+            Poll::Pending => Poll::Pending,
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            self.inner = None; // dropping the plan's stream cancels its tasks
-            return Poll::Ready(Some(Err(ServingError::Timeout(self.timeout_secs))));
-        }
-        Poll::Pending
     }
 }

@@ -63,15 +63,12 @@ pub enum ServingError {
 
 impl From<datafusion::error::DataFusionError> for ServingError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        // A denial raised while planning (inside `as_of`) keeps its kind.
-        let message = e.to_string();
-        if let Some(i) = message.find("permission denied for table ") {
-            let table = message[i + "permission denied for table ".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            return ServingError::PermissionDenied(table);
+        // A denial raised while planning (`as_of` refusing a table) keeps its kind; only a
+        // planning error can be one (a value's text in an execution error cannot pose as it).
+        if let datafusion::error::DataFusionError::Plan(message) = e.find_root()
+            && let Some(table) = message.strip_prefix("permission denied for table ")
+        {
+            return ServingError::PermissionDenied(table.trim().to_string());
         }
         ServingError::Query(Box::new(e))
     }

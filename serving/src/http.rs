@@ -108,18 +108,25 @@ async fn sql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) ->
     match start(&state, &who, &headers, &body).await {
         Ok((stream, arrow)) => {
             let max_rows = state.engine.limits().max_json_rows;
+            let stream = Observed {
+                inner: stream,
+                metrics: metrics.clone(),
+                user: who.user.clone(),
+                started,
+                recorded: false,
+            };
             let body = if arrow {
                 arrow_body(stream)
             } else {
                 json_body(stream, max_rows)
             };
-            // Counted as the body goes out; the outcome when it ends.
-            let door = Counted {
-                metrics,
-                user: who.user.clone(),
-                started,
-            };
-            let body = door.wrap(body);
+            let body = body
+                .inspect(move |chunk| {
+                    if let Ok(bytes) = chunk {
+                        metrics.sent("http", bytes.len() as u64);
+                    }
+                })
+                .boxed();
             let media = if arrow {
                 ARROW_STREAM
             } else {
@@ -195,7 +202,7 @@ type Chunks = futures::stream::BoxStream<'static, Result<Bytes>>;
 
 /// The answer as an Arrow IPC stream: the schema, then each batch as it comes (one
 /// writer for the whole answer, drained after every message), then the end marker.
-fn arrow_body(stream: QueryStream) -> Chunks {
+fn arrow_body(stream: Observed) -> Chunks {
     type Writer = arrow::ipc::writer::StreamWriter<Vec<u8>>;
     let writer = Writer::try_new(Vec::new(), &stream.schema()).map_err(ServingError::from);
     let drain = |w: &mut Writer| Bytes::from(std::mem::take(w.get_mut()));
@@ -241,7 +248,7 @@ fn arrow_body(stream: QueryStream) -> Chunks {
 /// The answer as JSON: `{"columns": [{"name", "type"}], "rows": [{...}], "row_count": n,
 /// "truncated": bool}`, rows written as batches come; an error after the first byte ends
 /// the document with `"error"` instead.
-fn json_body(stream: QueryStream, max_rows: usize) -> Chunks {
+fn json_body(stream: Observed, max_rows: usize) -> Chunks {
     let schema = stream.schema();
     let columns: Vec<serde_json::Value> = schema
         .fields()
@@ -253,7 +260,7 @@ fn json_body(stream: QueryStream, max_rows: usize) -> Chunks {
         serde_json::Value::Array(columns)
     );
     struct Progress {
-        stream: Option<QueryStream>,
+        stream: Option<Observed>,
         rows: usize,
         max_rows: usize,
         done: bool,
@@ -282,6 +289,7 @@ fn json_body(stream: QueryStream, max_rows: usize) -> Chunks {
                         p.rows += take;
                         if take < batch.num_rows() {
                             text.push_str(&tail(p.rows, true, None));
+                            stream.record("ok"); // a capped answer is a complete one
                             (text, true)
                         } else {
                             (text, false)
@@ -333,45 +341,53 @@ fn tail(rows: usize, truncated: bool, error: Option<&ServingError>) -> String {
     }
 }
 
-/// Counts an answer's bytes and records its outcome when it ends.
-struct Counted {
+/// A query's result as a door sends it: records the query's outcome exactly once, when it
+/// ends, fails, or is dropped unfinished (the client went away: `cancelled`).
+struct Observed {
+    inner: QueryStream,
     metrics: Arc<crate::metrics::ServeMetrics>,
     user: String,
     started: Instant,
+    recorded: bool,
 }
 
-impl Counted {
-    fn wrap(self, body: Chunks) -> Chunks {
-        let state = (body, Some(self), "ok");
-        futures::stream::unfold(state, |(mut body, counted, mut outcome)| async move {
-            let counted = counted?;
-            match body.next().await {
-                Some(Ok(bytes)) => {
-                    counted.metrics.sent("http", bytes.len() as u64);
-                    Some((Ok(bytes), (body, Some(counted), outcome)))
-                }
-                Some(Err(e)) => {
-                    outcome = e.code();
-                    counted.metrics.query_done(
-                        "http",
-                        &counted.user,
-                        outcome,
-                        counted.started.elapsed(),
-                    );
-                    Some((Err(e), (body, None, outcome)))
-                }
-                None => {
-                    counted.metrics.query_done(
-                        "http",
-                        &counted.user,
-                        outcome,
-                        counted.started.elapsed(),
-                    );
-                    None
-                }
+impl Observed {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+
+    fn record(&mut self, outcome: &str) {
+        if !self.recorded {
+            self.recorded = true;
+            self.metrics
+                .query_done("http", &self.user, outcome, self.started.elapsed());
+        }
+    }
+}
+
+impl futures::Stream for Observed {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = self.inner.poll_next_unpin(cx);
+        match &next {
+            std::task::Poll::Ready(Some(Err(e))) => {
+                let code = e.code();
+                self.record(code);
             }
-        })
-        .boxed()
+            std::task::Poll::Ready(None) => self.record("ok"),
+            _ => {}
+        }
+        next
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        self.record("cancelled");
     }
 }
 

@@ -259,6 +259,7 @@ async fn a_role_reads_what_it_is_granted_and_nothing_else_through_any_plan_shape
         "DROP TABLE items",
         "SET datafusion.execution.batch_size = 1",
         "EXPLAIN INSERT INTO items VALUES (1, 'x')",
+        "SELECT a.id INTO t FROM items a, items b",
     ] {
         let (st, body) = query(&s, &s.engineer, sql).await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{sql}: {body}");
@@ -387,8 +388,21 @@ async fn limits_cap_rows_refuse_when_busy_and_cancel_at_the_deadline() {
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"]["code"], "busy");
     drop(held);
-    let (st, body) = query(&s, &s.analyst, "SELECT 1 AS one").await;
-    assert_eq!(st, StatusCode::OK, "the slot came back: {body}");
+    // The client went away: its execution ends and the slot comes back (promptly, not at
+    // the deadline: well within the one-second limit).
+    let gone = std::time::Instant::now();
+    loop {
+        let (st, body) = query(&s, &s.analyst, "SELECT 1 AS one").await;
+        if st == StatusCode::OK {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "busy", "{body}");
+        assert!(
+            gone.elapsed() < std::time::Duration::from_millis(500),
+            "the slot never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 
     // Past its deadline a query is cancelled: the answer ends with the timeout, and the
     // slot is free again at once (the only slot, so the next query proves it).
@@ -406,6 +420,63 @@ async fn limits_cap_rows_refuse_when_busy_and_cancel_at_the_deadline() {
     let (st, body) = query(&s, &s.analyst, "SELECT 2 AS two").await;
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(body["rows"][0]["two"], 2);
+
+    // A client that starts a large answer and stops reading holds nothing past the
+    // deadline: the slot comes back, and the answer, read later, ends in an error rather
+    // than looking complete.
+    let held = s
+        .router
+        .clone()
+        .oneshot(
+            Request::post("/v1/sql")
+                .header("authorization", format!("Bearer {}", s.analyst))
+                .header("content-type", "application/json")
+                .header("accept", serving::http::ARROW_STREAM)
+                .body(Body::from(
+                    r#"{"sql": "SELECT a.id, b.v FROM items a, items b"}"#,
+                ))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (st, body) = query(&s, &s.analyst, "SELECT 3 AS three").await;
+    assert_eq!(st, StatusCode::OK, "the deadline freed the slot: {body}");
+    let read = held.into_body().collect().await;
+    assert!(
+        read.is_err(),
+        "a timed-out answer must not end as if complete"
+    );
+
+    // Each outcome counted once: the cancelled aggregate (an in-band JSON error) and the
+    // held answer both as timeouts.
+    let resp = s
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains(
+            "bitvelocity_queries_total{door=\"http\",user=\"ana\",outcome=\"timeout\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("bitvelocity_queries_total{door=\"http\",user=\"ana\",outcome=\"busy\"}"),
+        "{text}"
+    );
+    assert!(text.contains("bitvelocity_queries_active 0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
