@@ -150,6 +150,18 @@ async fn query(s: &Server, key: &str, sql: &str) -> (StatusCode, serde_json::Val
     call(s, post(Some(key), serde_json::json!({ "sql": sql }))).await
 }
 
+/// The server's Prometheus text.
+async fn metrics_text(s: &Server) -> String {
+    let resp = s
+        .router
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
 fn denied(status: StatusCode, body: &serde_json::Value, table: &str) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "permission_denied", "{body}");
@@ -304,21 +316,7 @@ async fn a_role_reads_what_it_is_granted_and_nothing_else_through_any_plan_shape
     );
 
     // The outcomes were counted by door, user and outcome.
-    let resp = s
-        .router
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(&s).await;
     assert!(
         text.contains(
             "bitvelocity_queries_total{door=\"http\",user=\"ana\",outcome=\"permission_denied\"} 7"
@@ -451,21 +449,7 @@ async fn limits_cap_rows_refuse_when_busy_and_cancel_at_the_deadline() {
 
     // Each outcome counted once: the cancelled aggregate (an in-band JSON error) and the
     // held answer both as timeouts.
-    let resp = s
-        .router
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(&s).await;
     assert!(
         text.contains(
             "bitvelocity_queries_total{door=\"http\",user=\"ana\",outcome=\"timeout\"} 2"
