@@ -674,13 +674,37 @@ pub async fn ingest_caught_up(
 
 /// Waits until the slot confirms everything written so far; false if the ingester stopped.
 pub async fn wait_caught_up(client: &Client, ingest: &tokio::task::JoinHandle<impl Sized>) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // A new slot's confirmed point is where it was created, before the initial copy is
+    // committed: a target read before the slot exists could be "reached" by a slot that
+    // has confirmed nothing. So wait for the slot, then mark a WAL position strictly past
+    // its creation: only the ingester confirming (after its copy) moves the slot there.
+    loop {
+        if ingest.is_finished() {
+            return false;
+        }
+        assert!(std::time::Instant::now() < deadline, "no slot in 120 s");
+        let slot = client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if slot.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let target: String = client
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .query_one(
+            "SELECT pg_logical_emit_message(false, 'bitvelocity-test', 'sync'), pg_current_wal_insert_lsn()::text",
+            &[],
+        )
         .await
         .unwrap()
-        .get(0);
+        .get(1);
     let target: ingestion::Lsn = target.parse().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         if ingest.is_finished() {
             return false;
