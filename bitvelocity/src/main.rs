@@ -186,17 +186,20 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
-    /// Serve SQL to analysts and tools over the front doors (today: HTTP), authenticated
-    /// and authorized by --config, with per-query limits.
+    /// Serve SQL to analysts and tools over the front doors (HTTP, Arrow Flight SQL),
+    /// authenticated and authorized by --config, with per-query limits.
     Serve {
         #[command(flatten)]
         warehouse: WarehouseArgs,
         /// The server's configuration: roles, users (keys as SHA-256), limits.
         #[arg(long)]
         config: PathBuf,
-        /// Address of the HTTP door (SQL over HTTP, /health, /metrics).
+        /// Address of the HTTP door (SQL over HTTP, /health, /metrics), or `off`.
         #[arg(long, default_value = "127.0.0.1:8080")]
-        http: std::net::SocketAddr,
+        http: serve::Door,
+        /// Address of the Arrow Flight SQL door, or `off`.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        flight: serve::Door,
     },
     /// Manage the server's API keys.
     Keys {
@@ -527,10 +530,15 @@ async fn main() {
             warehouse,
             config,
             http,
+            flight,
         } => {
             init_tracing("info");
+            let doors = serving::server::DoorAddrs {
+                http: http.0,
+                flight: flight.0,
+            };
             match warehouse.open_existing() {
-                Ok(wh) => serve::serve(wh, &config, http, shutdown_signal()).await,
+                Ok(wh) => serve::serve(wh, &config, doors, shutdown_signal()).await,
                 Err(e) => Err(e),
             }
         }

@@ -8,12 +8,29 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serving::config::{ServeConfig, UserConfig};
 
-/// Serves the HTTP door on `http` until a shutdown signal.
+/// A door's listen address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct Door(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Door {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Door(None));
+        }
+        s.parse()
+            .map(|a| Door(Some(a)))
+            .map_err(|e| format!("{s}: {e} (an address such as 127.0.0.1:8080, or `off`)"))
+    }
+}
+
+/// Serves the doors in `doors` until a shutdown signal.
 pub async fn serve(
     wh: catalog::Warehouse,
     config: &Path,
-    http: SocketAddr,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    doors: serving::server::DoorAddrs,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let config = ServeConfig::load(config)?;
     let auth = Arc::new(serving::auth::Authenticator::new(&config)?);
@@ -24,21 +41,27 @@ pub async fn serve(
         config.limits.clone(),
         metrics,
     ));
-    let router = serving::http::router(serving::http::HttpState { engine, auth });
-    let listener = tokio::net::TcpListener::bind(http)
+    if doors.http.is_none() && doors.flight.is_none() {
+        anyhow::bail!("every door is off: give --http or --flight an address");
+    }
+    let listeners = serving::server::bind(&doors).await?;
+    let bound = listeners.addrs();
+    if let Some(a) = bound.http {
+        println!("SQL over HTTP on http://{a}/v1/sql");
+        println!(
+            "  curl -s http://{a}/v1/sql -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT 1\"}}'"
+        );
+    }
+    if let Some(a) = bound.flight {
+        println!("Arrow Flight SQL on grpc://{a}");
+        println!(
+            "  python -c \"import adbc_driver_flightsql.dbapi as f; c = f.connect('grpc://{a}', db_kwargs={{'username': '<user>', 'password': '<key>'}}); cur = c.cursor(); cur.execute('SELECT 1'); print(cur.fetchall())\""
+        );
+    }
+    listeners
+        .serve(engine, auth, shutdown)
         .await
-        .with_context(|| format!("listening on {http} (--http)"))?;
-    let bound = listener.local_addr()?;
-    println!("SQL over HTTP on http://{bound}/v1/sql");
-    println!(
-        "  curl -s http://{bound}/v1/sql -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT 1\"}}'"
-    );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("serving HTTP")?;
+        .context("serving")?;
     Ok(())
 }
 

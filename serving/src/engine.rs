@@ -12,12 +12,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use catalog::{CATALOG_NAME, Catalog};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement;
 use futures::{Stream, StreamExt};
@@ -75,11 +74,19 @@ impl QueryEngine {
         let deadline = tokio::time::Instant::now() + timeout;
         let work = async {
             let slot = self.admit().await?;
-            let stream = self.plan_and_start(who, sql, params).await?;
-            Ok::<_, ServingError>((slot, stream))
+            let planned = self.plan(who, sql).await?;
+            let tables = planned.tables.clone();
+            let df = planned.ctx.execute_logical_plan(planned.plan).await?;
+            let df = if params.is_empty() {
+                df
+            } else {
+                df.with_param_values(ParamValues::from(params))?
+            };
+            let stream = df.execute_stream().await?;
+            Ok::<_, ServingError>((slot, stream, tables))
         };
         let secs = self.limits.query_timeout_secs;
-        let (slot, mut inner) = tokio::time::timeout_at(deadline, work)
+        let (slot, mut inner, tables) = tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| ServingError::Timeout(secs))??;
         let schema = inner.schema();
@@ -110,6 +117,7 @@ impl QueryEngine {
         });
         Ok(QueryStream {
             schema,
+            tables,
             rx,
             end,
             timeout_secs: secs,
@@ -147,12 +155,90 @@ impl QueryEngine {
         })
     }
 
-    async fn plan_and_start(
+    /// What `sql` answers and the parameters it takes, planned and authorized as
+    /// [`QueryEngine::execute`] would, without running it (a prepared statement's shape).
+    /// With `params`, the answer's schema is the one those values give.
+    pub async fn describe(
         &self,
         who: &Principal,
         sql: &str,
         params: Vec<ScalarValue>,
-    ) -> Result<SendableRecordBatchStream> {
+    ) -> Result<Described> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.limits.query_timeout_secs);
+        let work = async {
+            let _slot = self.admit().await?;
+            let planned = self.plan(who, sql).await?;
+            let mut types: Vec<(usize, DataType)> = Vec::new();
+            for (id, ty) in planned.plan.get_parameter_types()? {
+                let n = id
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        ServingError::BadRequest(format!(
+                            "parameter {id}: only positional parameters ($1, $2, ...) are accepted"
+                        ))
+                    })?;
+                types.push((n, ty.unwrap_or(DataType::Null)));
+            }
+            types.sort_by_key(|(n, _)| *n);
+            let parameters = types.into_iter().map(|(_, t)| t).collect();
+            let plan = if params.is_empty() {
+                planned.plan
+            } else {
+                planned.plan.with_param_values(ParamValues::from(params))?
+            };
+            let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+            Ok(Described { schema, parameters })
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| ServingError::Timeout(self.limits.query_timeout_secs))?
+    }
+
+    /// The tables `who` may read, by namespace, with their schemas (for catalog listings:
+    /// Flight SQL's `GetTables`, the PostgreSQL catalog).
+    pub async fn tables(&self, who: &Principal) -> Result<Vec<ListedTable>> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.limits.query_timeout_secs);
+        let work = async {
+            let _slot = self.admit().await?;
+            let ctx = self.session(who).await?;
+            let mut out = Vec::new();
+            let Some(catalog) = ctx.catalog(CATALOG_NAME) else {
+                return Ok(out);
+            };
+            let mut namespaces = catalog.schema_names();
+            namespaces.sort();
+            for namespace in namespaces {
+                if namespace == "information_schema" {
+                    continue;
+                }
+                let Some(schema) = catalog.schema(&namespace) else {
+                    continue;
+                };
+                let mut names = schema.table_names();
+                names.sort();
+                for name in names {
+                    if let Some(table) = schema.table(&name).await? {
+                        out.push(ListedTable {
+                            namespace: namespace.clone(),
+                            name,
+                            schema: table.schema(),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| ServingError::Timeout(self.limits.query_timeout_secs))?
+    }
+
+    /// A session showing only what `who` may read, bounded by the query memory limit.
+    async fn session(&self, who: &Principal) -> Result<datafusion::prelude::SessionContext> {
         let grants = who.grants.clone();
         let visible: Visible = Arc::new(move |t: &str| grants.can_read(t));
         let options = SessionOptions {
@@ -161,6 +247,12 @@ impl QueryEngine {
             visible: Some(visible),
         };
         let (ctx, _) = open_session(self.catalog.clone(), options).await?;
+        Ok(ctx)
+    }
+
+    /// `sql` parsed, checked to be a query, planned and authorized on its resolved plan.
+    async fn plan(&self, who: &Principal, sql: &str) -> Result<Planned> {
+        let ctx = self.session(who).await?;
         let state = ctx.state();
         let statement = state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         refuse_non_queries(&statement)?;
@@ -175,15 +267,36 @@ impl QueryEngine {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| ServingError::NotAllowed(e.strip_backtrace()))?;
-        check_plan(who, &plan)?;
-        let df = ctx.execute_logical_plan(plan).await?;
-        let df = if params.is_empty() {
-            df
-        } else {
-            df.with_param_values(ParamValues::from(params))?
-        };
-        Ok(df.execute_stream().await?)
+        let tables = check_plan(who, &plan)?;
+        Ok(Planned { ctx, plan, tables })
     }
+}
+
+/// A statement planned and authorized, ready to run.
+struct Planned {
+    ctx: datafusion::prelude::SessionContext,
+    plan: LogicalPlan,
+    tables: Vec<String>,
+}
+
+/// A statement's shape: what it answers and the parameters it takes.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The answer's schema.
+    pub schema: SchemaRef,
+    /// The type of each positional parameter (`$1` first; `Null` where the plan leaves it open).
+    pub parameters: Vec<DataType>,
+}
+
+/// A table a principal may read.
+#[derive(Debug, Clone)]
+pub struct ListedTable {
+    /// Its namespace (`bronze`, `silver`, ...).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its columns.
+    pub schema: SchemaRef,
 }
 
 /// Refuses statements that are not queries: writes, DDL, `COPY`, `SET`, transactions.
@@ -234,9 +347,11 @@ fn check_reference(who: &Principal, reference: &TableReference) -> Result<()> {
 }
 
 /// Every table the resolved plan scans (subqueries included) must be readable; a scan of
-/// a lakehouse table is named by the table it reads, whatever the plan calls it.
-fn check_plan(who: &Principal, plan: &LogicalPlan) -> Result<()> {
+/// a lakehouse table is named by the table it reads, whatever the plan calls it. Returns
+/// the tables read.
+fn check_plan(who: &Principal, plan: &LogicalPlan) -> Result<Vec<String>> {
     let mut denied = None;
+    let mut read_tables = std::collections::BTreeSet::new();
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
             let read = datafusion::datasource::source_as_provider(&scan.source)
@@ -247,18 +362,19 @@ fn check_plan(who: &Principal, plan: &LogicalPlan) -> Result<()> {
                         .map(|t| t.table().identifier().to_string())
                 });
             let name = read.or_else(|| qualified(&scan.table_name));
-            if let Some(name) = name
-                && !who.grants.can_read(&name)
-            {
-                denied = Some(name);
-                return Ok(TreeNodeRecursion::Stop);
+            if let Some(name) = name {
+                if !who.grants.can_read(&name) {
+                    denied = Some(name);
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                read_tables.insert(name);
             }
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
     match denied {
         Some(name) => Err(ServingError::PermissionDenied(name)),
-        None => Ok(()),
+        None => Ok(read_tables.into_iter().collect()),
     }
 }
 
@@ -294,6 +410,7 @@ const TIMED_OUT: u8 = 3;
 /// passed are followed by the timeout, not by a silent end.
 pub struct QueryStream {
     schema: SchemaRef,
+    tables: Vec<String>,
     rx: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
     end: Arc<AtomicU8>,
     timeout_secs: u64,
@@ -304,6 +421,11 @@ impl QueryStream {
     /// The result's schema.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// The tables the query reads, as `namespace.table`.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
     }
 }
 

@@ -15,6 +15,14 @@ pub enum ServingError {
         #[source]
         source: std::io::Error,
     },
+    /// A door stopped serving.
+    #[error("the {door} door failed: {message}")]
+    Door {
+        /// Which door.
+        door: &'static str,
+        /// What its server said.
+        message: String,
+    },
     /// The configuration file could not be read.
     #[error("cannot read {path}: {source}")]
     ConfigRead {
@@ -56,6 +64,9 @@ pub enum ServingError {
     /// The lakehouse could not open the tables.
     #[error(transparent)]
     Lakehouse(#[from] lakehouse::LakehouseError),
+    /// A Flight SQL message could not be made or read.
+    #[error("Flight SQL: {0}")]
+    Flight(#[from] arrow_flight::error::FlightError),
     /// Encoding an answer failed.
     #[error("encoding the answer: {0}")]
     Encode(#[from] arrow::error::ArrowError),

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::auth::{Authenticator, Principal};
 use crate::engine::{QueryEngine, QueryStream};
+use crate::observed::Observed;
 use crate::{Result, ServingError};
 
 /// The Arrow IPC stream media type.
@@ -88,7 +89,7 @@ fn principal(state: &HttpState, headers: &HeaderMap) -> Result<Principal> {
         });
     let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     match key {
-        Some(k) => state.auth.by_key(k.trim()),
+        Some(k) => state.auth.bearer(k.trim()),
         None => Err(ServingError::Unauthenticated(
             "send an API key as `Authorization: Bearer <key>` or `X-API-Key`".into(),
         )),
@@ -108,13 +109,8 @@ async fn sql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) ->
     match start(&state, &who, &headers, &body).await {
         Ok((stream, arrow)) => {
             let max_rows = state.engine.limits().max_json_rows;
-            let stream = Observed {
-                inner: stream,
-                metrics: metrics.clone(),
-                user: who.user.clone(),
-                started,
-                recorded: false,
-            };
+            let stream = Observed::new(stream, metrics.clone(), "http", &who, started);
+            let counted = stream.bytes();
             let body = if arrow {
                 arrow_body(stream)
             } else {
@@ -124,6 +120,7 @@ async fn sql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) ->
                 .inspect(move |chunk| {
                     if let Ok(bytes) = chunk {
                         metrics.sent("http", bytes.len() as u64);
+                        counted.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                 })
                 .boxed();
@@ -338,56 +335,6 @@ fn tail(rows: usize, truncated: bool, error: Option<&ServingError>) -> String {
             "],\"row_count\":{rows},\"error\":{}}}",
             serde_json::json!({ "code": e.code(), "message": e.to_string() })
         ),
-    }
-}
-
-/// A query's result as a door sends it: records the query's outcome exactly once, when it
-/// ends, fails, or is dropped unfinished (the client went away: `cancelled`).
-struct Observed {
-    inner: QueryStream,
-    metrics: Arc<crate::metrics::ServeMetrics>,
-    user: String,
-    started: Instant,
-    recorded: bool,
-}
-
-impl Observed {
-    fn schema(&self) -> arrow::datatypes::SchemaRef {
-        self.inner.schema()
-    }
-
-    fn record(&mut self, outcome: &str) {
-        if !self.recorded {
-            self.recorded = true;
-            self.metrics
-                .query_done("http", &self.user, outcome, self.started.elapsed());
-        }
-    }
-}
-
-impl futures::Stream for Observed {
-    type Item = Result<RecordBatch>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let next = self.inner.poll_next_unpin(cx);
-        match &next {
-            std::task::Poll::Ready(Some(Err(e))) => {
-                let code = e.code();
-                self.record(code);
-            }
-            std::task::Poll::Ready(None) => self.record("ok"),
-            _ => {}
-        }
-        next
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.record("cancelled");
     }
 }
 

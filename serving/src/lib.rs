@@ -10,10 +10,13 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 mod error;
+pub mod flight;
 pub mod grants;
 pub mod http;
 pub mod metrics;
+mod observed;
 mod ops;
+pub mod server;
 
 pub use error::{Result, ServingError};
 pub use ops::{ops_router, serve_ops};

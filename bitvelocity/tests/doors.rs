@@ -1,0 +1,429 @@
+//! `bitvelocity serve` end to end: a warehouse written by the ingester from a
+//! project-managed PostgreSQL, the real server process, and the clients users use (HTTP with
+//! `requests`, Arrow Flight SQL with the Python ADBC driver). The same cases run through
+//! every door: joins, aggregates, parameters and time travel answer exactly PostgreSQL's
+//! rows; the grant cases (bronze reached directly, through a CTE, a subquery, listings)
+//! are refused alike and name the table; no or wrong credentials are refused; statements
+//! that are not queries are refused.
+
+#[path = "../../ingestion/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use domains::ecommerce::{self, WorkloadConfig};
+use serde_json::{Value, json};
+
+/// What a case must answer for a user.
+#[derive(Debug, Clone)]
+enum Want {
+    /// Exactly these rows (as text), in order.
+    Rows(Vec<Vec<Option<String>>>),
+    /// A denial naming this table.
+    Denied(&'static str),
+    /// A refusal of a statement that is not a query.
+    Refused,
+    /// A refusal for want of (valid) credentials.
+    Unauthenticated,
+    /// A query error (bad SQL).
+    QueryError,
+}
+
+struct Case {
+    name: &'static str,
+    sql: String,
+    params: Vec<Value>,
+    /// The answer for the analyst (silver only), the engineer (everything), and a caller
+    /// without valid credentials is always `Unauthenticated`.
+    analyst: Want,
+    engineer: Want,
+}
+
+/// A served warehouse: the server process, killed on drop.
+struct Served {
+    child: Child,
+    http: String,
+    flight: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(warehouse: &std::path::Path, config: &std::path::Path) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitvelocity"))
+        .args(["serve", "--warehouse"])
+        .arg(warehouse)
+        .arg("--config")
+        .arg(config)
+        .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start bitvelocity serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut http, mut flight) = (None, None);
+    while http.is_none() || flight.is_none() {
+        let line = lines
+            .next()
+            .expect("serve ended before naming its doors")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("SQL over HTTP on ") {
+            http = Some(rest.trim_end_matches("/v1/sql").to_string());
+        }
+        if let Some(rest) = line.strip_prefix("Arrow Flight SQL on ") {
+            flight = Some(rest.to_string());
+        }
+    }
+    // Keep draining so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        http: http.unwrap(),
+        flight: flight.unwrap(),
+    }
+}
+
+/// PostgreSQL's answer to `sql`, every value as text.
+async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    let mut out = Vec::new();
+    for m in client.simple_query(sql).await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_door_answers_the_same_rows_as_postgres_and_refuses_the_same_requests() {
+    let python = std::env::var("BITVELOCITY_PYTHON").expect(
+        "BITVELOCITY_PYTHON is not set: run the suite with scripts/test, which builds the venv with the door clients",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let wh_dir = dir.path().join("wh");
+    let wh = catalog::Warehouse::new(&wh_dir).unwrap();
+    let (_pg, url) = common::start_pg("doors").await;
+    let mut client = common::connect(&url).await;
+    ecommerce::create_schema(&client).await.unwrap();
+    let first = WorkloadConfig {
+        operations: 300,
+        ..WorkloadConfig::default()
+    };
+    ecommerce::run_workload(&mut client, &first, |_| {})
+        .await
+        .unwrap();
+    common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+        .await
+        .unwrap();
+    // A point to travel back to: silver.customers now, and PostgreSQL's rows now.
+    let cat = wh.open_catalog().await.unwrap();
+    let snapshot = cat
+        .load_table(&catalog::TableIdent::from_strs(["silver", "customers"]).unwrap())
+        .await
+        .unwrap()
+        .metadata()
+        .current_snapshot()
+        .unwrap()
+        .snapshot_id();
+    let customers_then = pg_text(&client, "SELECT id, email FROM customers ORDER BY id").await;
+    let more = WorkloadConfig {
+        seed_customers: 0,
+        seed_products: 0,
+        operations: 400,
+        seed: 11,
+    };
+    ecommerce::run_workload(&mut client, &more, |_| {})
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE customers SET email = 'changed-' || email WHERE id % 4 = 0")
+        .await
+        .unwrap();
+    let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+        .await
+        .unwrap();
+    assert!(report.stopped.is_empty(), "{report:?}");
+    assert_ne!(
+        customers_then,
+        pg_text(&client, "SELECT id, email FROM customers ORDER BY id").await,
+        "time travel needs a past that differs from now"
+    );
+    let bronze_customers = {
+        let ctx = lakehouse::query::session(cat.clone()).await.unwrap();
+        let b = lakehouse::query::run(&ctx, "SELECT count(*) FROM bronze.customers")
+            .await
+            .unwrap();
+        use arrow::array::AsArray;
+        b[0].column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    };
+
+    let join_sql = "SELECT c.id, c.email, count(o.id) AS orders, CAST(sum(o.total) AS VARCHAR) AS spent \
+                    FROM customers c JOIN orders o ON o.customer_id = c.id \
+                    GROUP BY c.id, c.email ORDER BY c.id";
+    let join = pg_text(&client, join_sql).await;
+    assert!(join.len() > 10, "the workload placed too few orders");
+    let by_id = pg_text(
+        &client,
+        "SELECT id, email, tier FROM customers WHERE id = 3",
+    )
+    .await;
+    assert_eq!(by_id.len(), 1);
+    let by_status = pg_text(
+        &client,
+        "SELECT count(*), CAST(sum(total) AS VARCHAR) FROM orders WHERE status = 'paid' AND customer_id > 2",
+    )
+    .await;
+    let mut silver_tables: Vec<Vec<Option<String>>> = ecommerce::TABLES
+        .iter()
+        .map(|t| vec![Some("silver".to_string()), Some(t.to_string())])
+        .collect();
+    silver_tables.sort();
+    let mut all_tables: Vec<Vec<Option<String>>> = ["bronze", "silver"]
+        .iter()
+        .flat_map(|ns| {
+            ecommerce::TABLES
+                .iter()
+                .map(move |t| vec![Some(ns.to_string()), Some(t.to_string())])
+        })
+        .collect();
+    all_tables.sort();
+    let count = |n: i64| Want::Rows(vec![vec![Some(n.to_string())]]);
+    let both = |w: Want| (w.clone(), w);
+    let mut cases = Vec::new();
+    let mut case = |name, sql: String, params: Vec<Value>, (analyst, engineer): (Want, Want)| {
+        cases.push(Case {
+            name,
+            sql,
+            params,
+            analyst,
+            engineer,
+        })
+    };
+    case(
+        "join_aggregate",
+        join_sql.to_string(),
+        vec![],
+        both(Want::Rows(join)),
+    );
+    case(
+        "int_parameter",
+        "SELECT id, email, tier FROM customers WHERE id = $1".into(),
+        vec![json!(3)],
+        both(Want::Rows(by_id)),
+    );
+    case(
+        "text_and_int_parameters",
+        "SELECT count(*), CAST(sum(total) AS VARCHAR) FROM orders WHERE status = $1 AND customer_id > $2"
+            .into(),
+        vec![json!("paid"), json!(2)],
+        both(Want::Rows(by_status)),
+    );
+    case(
+        "time_travel",
+        format!("SELECT id, email FROM as_of('silver.customers', {snapshot}) ORDER BY id"),
+        vec![],
+        both(Want::Rows(customers_then)),
+    );
+    case(
+        "bronze_directly",
+        "SELECT count(*) FROM bronze.customers".into(),
+        vec![],
+        (Want::Denied("bronze.customers"), count(bronze_customers)),
+    );
+    case(
+        "bronze_through_a_cte",
+        "WITH x AS (SELECT * FROM bronze.customers) SELECT count(*) FROM x".into(),
+        vec![],
+        (Want::Denied("bronze.customers"), count(bronze_customers)),
+    );
+    case(
+        "bronze_through_a_subquery_and_join",
+        "SELECT count(*) FROM customers c WHERE EXISTS (SELECT 1 FROM bronze.customers b JOIN orders o ON o.customer_id = b.id WHERE b.id = c.id) AND c.id < 0"
+            .into(),
+        vec![],
+        (Want::Denied("bronze.customers"), count(0)),
+    );
+    case(
+        "bronze_through_as_of",
+        format!("SELECT count(*) FROM as_of('bronze.customers', {snapshot})"),
+        vec![],
+        (Want::Denied("bronze.customers"), Want::QueryError),
+    );
+    case(
+        "listing",
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema IN ('bronze', 'silver') ORDER BY table_schema, table_name".into(),
+        vec![],
+        (Want::Rows(silver_tables), Want::Rows(all_tables)),
+    );
+    case(
+        "insert",
+        "INSERT INTO customers (id, email) VALUES (1, 'x')".into(),
+        vec![],
+        both(Want::Refused),
+    );
+    case(
+        "copy_out",
+        "COPY customers TO '/tmp/bitvelocity-doors-leak.csv'".into(),
+        vec![],
+        both(Want::Refused),
+    );
+    case(
+        "external_table",
+        "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '/etc/passwd'".into(),
+        vec![],
+        both(Want::Refused),
+    );
+    case(
+        "drop",
+        "DROP TABLE customers".into(),
+        vec![],
+        both(Want::Refused),
+    );
+    case(
+        "bad_sql",
+        "SELEC id FROM customers".into(),
+        vec![],
+        both(Want::QueryError),
+    );
+
+    // Users: two roles, no key, a wrong key.
+    let (ana_key, ana_sha) = serving::auth::new_key();
+    let (eve_key, eve_sha) = serving::auth::new_key();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[roles.analyst]
+read = ["silver.*"]
+[roles.engineer]
+read = ["*"]
+[[users]]
+name = "ana"
+role = "analyst"
+api_key_sha256 = "{ana_sha}"
+[[users]]
+name = "eve"
+role = "engineer"
+api_key_sha256 = "{eve_sha}"
+"#
+        ),
+    )
+    .unwrap();
+    let served = serve(&wh_dir, &config);
+    let cases_file = dir.path().join("cases.json");
+    let cases_json: Vec<Value> = cases
+        .iter()
+        .map(|c| json!({"name": c.name, "sql": c.sql, "params": c.params}))
+        .collect();
+    std::fs::write(&cases_file, serde_json::to_string(&cases_json).unwrap()).unwrap();
+    let users_file = dir.path().join("users.json");
+    let (wrong_key, _) = serving::auth::new_key();
+    std::fs::write(
+        &users_file,
+        json!({"ana": ana_key, "eve": eve_key, "nobody": null, "mallory": wrong_key}).to_string(),
+    )
+    .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/doors.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .arg("--cases")
+        .arg(&cases_file)
+        .arg("--users")
+        .arg(&users_file)
+        .args(["--http", &served.http, "--flight", &served.flight])
+        .output()
+        .expect("run the door clients");
+    assert!(
+        out.status.success(),
+        "door clients failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>> =
+        serde_json::from_slice(&out.stdout).unwrap();
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for door in ["http", "flight"] {
+        let doors = answers
+            .get(door)
+            .unwrap_or_else(|| panic!("no answers from the {door} door"));
+        for user in ["ana", "eve", "nobody", "mallory"] {
+            for case in &cases {
+                let want = match user {
+                    "ana" => &case.analyst,
+                    "eve" => &case.engineer,
+                    _ => &Want::Unauthenticated,
+                };
+                let got = &doors[user][case.name];
+                checked += 1;
+                if let Err(why) = matches(want, got) {
+                    failures.push(format!("{door} {user} {}: {why}", case.name));
+                }
+            }
+        }
+        if door == "flight" {
+            // The catalog probe a BI tool or notebook makes: only granted tables listed.
+            for (user, tables) in [("ana", vec!["silver"]), ("eve", vec!["bronze", "silver"])] {
+                let probe = &doors[user]["catalog"];
+                let mut want: Vec<String> = tables
+                    .iter()
+                    .flat_map(|ns| ecommerce::TABLES.iter().map(move |t| format!("{ns}.{t}")))
+                    .collect();
+                want.sort();
+                assert_eq!(probe["vendor"], json!("BitVelocity"), "{probe}");
+                assert_eq!(probe["catalogs"], json!(["bitvelocity"]), "{probe}");
+                assert_eq!(probe["tables"], json!(want), "{user}: {probe}");
+                let columns = probe["customers_columns"].as_array().unwrap();
+                assert!(
+                    columns.contains(&json!("id")) && columns.contains(&json!("email")),
+                    "{probe}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} answers differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(checked, 2 * 4 * cases.len());
+    // Nothing was written where a refused COPY pointed.
+    assert!(!std::path::Path::new("/tmp/bitvelocity-doors-leak.csv").exists());
+}
+
+/// Whether `got` (a door's answer) is what `want` says.
+fn matches(want: &Want, got: &Value) -> Result<(), String> {
+    let kind = got["error"]["kind"].as_str();
+    let message = got["error"]["message"].as_str().unwrap_or_default();
+    let ok = match want {
+        Want::Rows(rows) => {
+            let rows = json!(rows);
+            if got["rows"] == rows {
+                return Ok(());
+            }
+            return Err(format!("want rows {rows}, got {got}"));
+        }
+        Want::Denied(table) => {
+            kind == Some("permission_denied")
+                && message.contains(&format!("permission denied for table {table}"))
+        }
+        Want::Refused => matches!(kind, Some("permission_denied" | "not_allowed")),
+        Want::Unauthenticated => kind == Some("unauthenticated"),
+        Want::QueryError => matches!(kind, Some("query_error" | "bad_request")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("want {want:?}, got {got}"))
+    }
+}

@@ -1,0 +1,119 @@
+//! `bitvelocity serve`'s doors started together over one engine: every listener is bound
+//! before any door answers (a door that cannot start stops the server), and one shutdown
+//! signal stops them all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::engine::QueryEngine;
+use crate::{Result, ServingError};
+
+/// Where each door listens; `None` turns it off.
+#[derive(Debug, Clone, Copy)]
+pub struct DoorAddrs {
+    /// SQL over HTTP, `/health`, `/metrics` (and the Iceberg REST catalog).
+    pub http: Option<SocketAddr>,
+    /// Arrow Flight SQL.
+    pub flight: Option<SocketAddr>,
+}
+
+/// The doors' sockets, bound and not yet answering.
+pub struct Listeners {
+    http: Option<TcpListener>,
+    flight: Option<TcpListener>,
+}
+
+/// Binds every door in `addrs`.
+pub async fn bind(addrs: &DoorAddrs) -> Result<Listeners> {
+    async fn one(addr: Option<SocketAddr>) -> Result<Option<TcpListener>> {
+        match addr {
+            None => Ok(None),
+            Some(addr) => TcpListener::bind(addr)
+                .await
+                .map(Some)
+                .map_err(|source| ServingError::Bind { addr, source }),
+        }
+    }
+    Ok(Listeners {
+        http: one(addrs.http).await?,
+        flight: one(addrs.flight).await?,
+    })
+}
+
+impl Listeners {
+    /// The addresses bound (port 0 resolved).
+    pub fn addrs(&self) -> DoorAddrs {
+        let local = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        DoorAddrs {
+            http: local(&self.http),
+            flight: local(&self.flight),
+        }
+    }
+
+    /// Serves every bound door over `engine` until `shutdown` turns true; the first door to
+    /// fail stops the others and is the error returned.
+    pub async fn serve(
+        self,
+        engine: Arc<QueryEngine>,
+        auth: Arc<Authenticator>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let mut doors = tokio::task::JoinSet::new();
+        if let Some(listener) = self.http {
+            let router = crate::http::router(crate::http::HttpState {
+                engine: engine.clone(),
+                auth: auth.clone(),
+            });
+            let signal = stopped(shutdown.clone());
+            doors.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(signal)
+                    .await
+                    .map_err(|e| ServingError::Door {
+                        door: "http",
+                        message: e.to_string(),
+                    })
+            });
+        }
+        if let Some(listener) = self.flight {
+            let door = crate::flight::FlightDoor::new(engine.clone(), auth.clone())?;
+            let signal = stopped(shutdown.clone());
+            doors.spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(door.service())
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        signal,
+                    )
+                    .await
+                    .map_err(|e| ServingError::Door {
+                        door: "flight",
+                        message: e.to_string(),
+                    })
+            });
+        }
+        let mut result = Ok(());
+        while let Some(done) = doors.join_next().await {
+            let outcome = done.unwrap_or_else(|e| {
+                Err(ServingError::Door {
+                    door: "a door",
+                    message: format!("its task ended abnormally: {e}"),
+                })
+            });
+            if let Err(e) = outcome {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+                doors.abort_all();
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,140 @@
+"""Runs the same SQL cases through BitVelocity's front doors with the clients users use.
+
+For each door given (HTTP with `requests`, Arrow Flight SQL with the ADBC driver, which
+prepares every statement and binds parameters), and for each user, every case's answer is
+printed as JSON: {"door": {"user": {"case": {"rows": [[text, ...], ...]} or
+{"error": {"kind": ..., "message": ...}}}}}. Values are printed as text (None as null) so the
+caller compares them with PostgreSQL's text forms. A Flight SQL catalog probe
+(`adbc_get_info`, `adbc_get_objects`, `adbc_get_table_schema`) is printed under "catalog".
+"""
+
+import argparse
+import json
+import sys
+
+import requests
+
+
+def text(v):
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    return str(v)
+
+
+def http_case(base, key, case):
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    body = {"sql": case["sql"], "params": case.get("params", [])}
+    r = requests.post(f"{base}/v1/sql", json=body, headers=headers, timeout=60)
+    doc = r.json()
+    if "error" in doc:
+        return {"error": {"kind": doc["error"]["code"], "message": doc["error"]["message"]}}
+    names = [c["name"] for c in doc["columns"]]
+    return {"rows": [[text(row[n]) for n in names] for row in doc["rows"]]}
+
+
+# ADBC status codes as the doors' error kinds.
+ADBC_KINDS = {
+    "UNAUTHENTICATED": "unauthenticated",
+    "UNAUTHORIZED": "permission_denied",
+    "INVALID_ARGUMENT": "bad_request",
+    "INVALID_STATE": "bad_request",
+    "TIMEOUT": "timeout",
+    "IO": "io",
+}
+
+
+def adbc_error(e):
+    code = getattr(e, "status_code", None)
+    name = getattr(code, "name", str(code))
+    return {"error": {"kind": ADBC_KINDS.get(name, name), "message": str(e)}}
+
+
+def flight_connect(uri, user, key):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    kwargs = {}
+    if user is not None:
+        kwargs = {"username": user, "password": key}
+    return flight_sql.connect(uri, db_kwargs=kwargs, autocommit=True)
+
+
+def flight_case(conn, case):
+    import adbc_driver_manager
+
+    try:
+        cur = conn.cursor()
+        params = case.get("params")
+        if params:
+            cur.execute(case["sql"], parameters=tuple(params))
+        else:
+            cur.execute(case["sql"])
+        rows = cur.fetchall()
+        cur.close()
+        return {"rows": [[text(v) for v in row] for row in rows]}
+    except adbc_driver_manager.Error as e:
+        return adbc_error(e)
+
+
+def flight_catalog(conn):
+    import adbc_driver_manager
+
+    try:
+        info = {k: text(v) for k, v in conn.adbc_get_info().items() if isinstance(k, str)}
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        tables = sorted(
+            f"{s['db_schema_name']}.{t['table_name']}"
+            for c in objects
+            for s in (c["catalog_db_schemas"] or [])
+            for t in (s["db_schema_tables"] or [])
+        )
+        catalogs = sorted(c["catalog_name"] for c in objects)
+        schema = conn.adbc_get_table_schema("customers", db_schema_filter="silver")
+        return {
+            "vendor": info.get("vendor_name"),
+            "catalogs": catalogs,
+            "tables": tables,
+            "customers_columns": [f.name for f in schema],
+        }
+    except adbc_driver_manager.Error as e:
+        return adbc_error(e)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cases", required=True, help="JSON file: [{name, sql, params?}]")
+    p.add_argument("--users", required=True, help="JSON file: {name: key}; a null key sends none")
+    p.add_argument("--http", help="base URL of the HTTP door")
+    p.add_argument("--flight", help="grpc:// URI of the Flight SQL door")
+    args = p.parse_args()
+    with open(args.cases) as f:
+        cases = json.load(f)
+    with open(args.users) as f:
+        users = json.load(f)
+    out = {}
+    if args.http:
+        out["http"] = {
+            user: {c["name"]: http_case(args.http, key, c) for c in cases}
+            for user, key in users.items()
+        }
+    if args.flight:
+        out["flight"] = {}
+        for user, key in users.items():
+            # A refused connection (no or wrong credentials) is every case's answer.
+            try:
+                conn = flight_connect(args.flight, user if key else None, key)
+            except Exception as e:  # noqa: BLE001 - the refusal is the answer
+                out["flight"][user] = {c["name"]: adbc_error(e) for c in cases}
+                continue
+            answers = {c["name"]: flight_case(conn, c) for c in cases}
+            answers["catalog"] = flight_catalog(conn)
+            conn.close()
+            out["flight"][user] = answers
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
