@@ -200,6 +200,9 @@ enum Command {
         /// Address of the Arrow Flight SQL door, or `off`.
         #[arg(long, default_value = "127.0.0.1:50051")]
         flight: serve::Door,
+        /// Address of the PostgreSQL wire door (database `bitvelocity`), or `off`.
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        pgwire: serve::Door,
     },
     /// Manage the server's API keys.
     Keys {
@@ -531,11 +534,13 @@ async fn main() {
             config,
             http,
             flight,
+            pgwire,
         } => {
             init_tracing("info");
             let doors = serving::server::DoorAddrs {
                 http: http.0,
                 flight: flight.0,
+                pgwire: pgwire.0,
             };
             match warehouse.open_existing() {
                 Ok(wh) => serve::serve(wh, &config, doors, shutdown_signal()).await,

@@ -41,8 +41,8 @@ pub async fn serve(
         config.limits.clone(),
         metrics,
     ));
-    if doors.http.is_none() && doors.flight.is_none() {
-        anyhow::bail!("every door is off: give --http or --flight an address");
+    if doors.http.is_none() && doors.flight.is_none() && doors.pgwire.is_none() {
+        anyhow::bail!("every door is off: give --http, --flight or --pgwire an address");
     }
     let listeners = serving::server::bind(&doors).await?;
     let bound = listeners.addrs();
@@ -58,8 +58,20 @@ pub async fn serve(
             "  python -c \"import adbc_driver_flightsql.dbapi as f; c = f.connect('grpc://{a}', db_kwargs={{'username': '<user>', 'password': '<key>'}}); cur = c.cursor(); cur.execute('SELECT 1'); print(cur.fetchall())\""
         );
     }
+    if let Some(a) = bound.pgwire {
+        println!(
+            "PostgreSQL wire on postgres://{a}/{}",
+            serving::pg::DATABASE
+        );
+        println!(
+            "  psql 'host={} port={} dbname={} user=<user>'   (password: the key)",
+            a.ip(),
+            a.port(),
+            serving::pg::DATABASE
+        );
+    }
     listeners
-        .serve(engine, auth, shutdown)
+        .serve(engine, auth, &config, shutdown)
         .await
         .context("serving")?;
     Ok(())
@@ -87,6 +99,7 @@ pub fn new_key(path: &Path, user: &str, role: &str) -> Result<()> {
         name: user.to_string(),
         role: role.to_string(),
         api_key_sha256: digest,
+        pg_scram_sha256: Some(serving::pg::Verifier::new(&key).to_text()),
     });
     // Checked as the server will read it, then written whole (never half a file).
     let text = config.to_toml()?;

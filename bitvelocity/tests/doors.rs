@@ -46,6 +46,7 @@ struct Served {
     child: Child,
     http: String,
     flight: String,
+    pgwire: String,
 }
 
 impl Drop for Served {
@@ -62,13 +63,14 @@ fn serve(warehouse: &std::path::Path, config: &std::path::Path) -> Served {
         .arg("--config")
         .arg(config)
         .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+        .args(["--pgwire", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start bitvelocity serve");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut http, mut flight) = (None, None);
-    while http.is_none() || flight.is_none() {
+    let (mut http, mut flight, mut pgwire) = (None, None, None);
+    while http.is_none() || flight.is_none() || pgwire.is_none() {
         let line = lines
             .next()
             .expect("serve ended before naming its doors")
@@ -79,6 +81,9 @@ fn serve(warehouse: &std::path::Path, config: &std::path::Path) -> Served {
         if let Some(rest) = line.strip_prefix("Arrow Flight SQL on ") {
             flight = Some(rest.to_string());
         }
+        if let Some(rest) = line.strip_prefix("PostgreSQL wire on postgres://") {
+            pgwire = Some(rest.trim_end_matches("/bitvelocity").to_string());
+        }
     }
     // Keep draining so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
@@ -86,6 +91,7 @@ fn serve(warehouse: &std::path::Path, config: &std::path::Path) -> Served {
         child,
         http: http.unwrap(),
         flight: flight.unwrap(),
+        pgwire: pgwire.unwrap(),
     }
 }
 
@@ -310,11 +316,15 @@ read = ["*"]
 name = "ana"
 role = "analyst"
 api_key_sha256 = "{ana_sha}"
+pg_scram_sha256 = "{ana_scram}"
 [[users]]
 name = "eve"
 role = "engineer"
 api_key_sha256 = "{eve_sha}"
-"#
+pg_scram_sha256 = "{eve_scram}"
+"#,
+            ana_scram = serving::pg::Verifier::new(&ana_key).to_text(),
+            eve_scram = serving::pg::Verifier::new(&eve_key).to_text(),
         ),
     )
     .unwrap();
@@ -340,6 +350,7 @@ api_key_sha256 = "{eve_sha}"
         .arg("--users")
         .arg(&users_file)
         .args(["--http", &served.http, "--flight", &served.flight])
+        .args(["--pgwire", &served.pgwire])
         .output()
         .expect("run the door clients");
     assert!(
@@ -352,7 +363,7 @@ api_key_sha256 = "{eve_sha}"
 
     let mut failures = Vec::new();
     let mut checked = 0;
-    for door in ["http", "flight"] {
+    for door in ["http", "flight", "pgwire"] {
         let doors = answers
             .get(door)
             .unwrap_or_else(|| panic!("no answers from the {door} door"));
@@ -396,7 +407,8 @@ api_key_sha256 = "{eve_sha}"
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(checked, 2 * 4 * cases.len());
+    assert_eq!(checked, 3 * 4 * cases.len());
+    psql_lists_and_describes_granted_tables(&served.pgwire, &ana_key, &eve_key);
     // Nothing was written where a refused COPY pointed.
     assert!(!std::path::Path::new("/tmp/bitvelocity-doors-leak.csv").exists());
 }
@@ -425,5 +437,47 @@ fn matches(want: &Want, got: &Value) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("want {want:?}, got {got}"))
+    }
+}
+
+/// `psql`'s own catalog commands (`\\dt`, `\\d <table>`) over the PostgreSQL door: listings
+/// show only granted tables, and a table's columns are described.
+fn psql_lists_and_describes_granted_tables(addr: &str, ana_key: &str, eve_key: &str) {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let psql = |user: &str, key: &str, command: &str| {
+        let out = Command::new("psql")
+            .arg(format!(
+                "host={host} port={port} dbname=bitvelocity user={user}"
+            ))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", command])
+            .env("PGPASSWORD", key)
+            .output()
+            .expect("run psql");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "psql {command} as {user}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let listed = psql("ana", ana_key, "\\dt *.*");
+    for t in ecommerce::TABLES {
+        assert!(
+            listed.contains(&format!("silver|{t}|")),
+            "{t} not listed:\n{listed}"
+        );
+    }
+    assert!(!listed.contains("bronze|"), "ana sees bronze:\n{listed}");
+    let listed = psql("eve", eve_key, "\\dt bronze.*");
+    assert!(listed.contains("bronze|customers|"), "{listed}");
+    let described = psql("ana", ana_key, "\\d silver.customers");
+    for column in ["id", "email", "full_name", "tier"] {
+        assert!(
+            described
+                .lines()
+                .any(|l| l.starts_with(&format!("{column}|"))),
+            "{column} not described:\n{described}"
+        );
     }
 }

@@ -185,6 +185,12 @@ impl Authenticator {
             .ok_or_else(|| ServingError::Unauthenticated("unknown API key".into()))
     }
 
+    /// The configured user `user` (once a door has checked its credentials itself, as the
+    /// PostgreSQL door's SCRAM exchange does).
+    pub fn by_user(&self, user: &str) -> Option<Principal> {
+        self.by_digest.values().find(|p| p.user == user).cloned()
+    }
+
     /// The principal holding `key` if it is `user`'s (a door that takes a user name as well,
     /// such as PostgreSQL's password or Flight's basic handshake).
     pub fn by_user_and_key(&self, user: &str, key: &str) -> Result<Principal> {
@@ -271,6 +277,7 @@ mod tests {
             name: "ana".into(),
             role: "analyst".into(),
             api_key_sha256: digest,
+            pg_scram_sha256: None,
         });
         let auth = Authenticator::new(&config).unwrap();
         let p = auth.by_key(&key).unwrap();

@@ -51,6 +51,10 @@ pub struct UserConfig {
     pub role: String,
     /// Lower-case hex SHA-256 of the user's API key.
     pub api_key_sha256: String,
+    /// The key's SCRAM-SHA-256 verifier in PostgreSQL's stored form, for PostgreSQL-wire
+    /// logins without TLS (`keys new` writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_scram_sha256: Option<String>,
 }
 
 /// How JWTs are verified (one of the two keys).

@@ -70,11 +70,23 @@ impl QueryEngine {
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<QueryStream> {
+        self.execute_with(who, sql, params, QueryOptions::default())
+            .await
+    }
+
+    /// [`QueryEngine::execute`] in a session shaped by `options`.
+    pub async fn execute_with(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        options: QueryOptions,
+    ) -> Result<QueryStream> {
         let timeout = Duration::from_secs(self.limits.query_timeout_secs);
         let deadline = tokio::time::Instant::now() + timeout;
         let work = async {
             let slot = self.admit().await?;
-            let planned = self.plan(who, sql).await?;
+            let planned = self.plan(who, sql, options.clone()).await?;
             let tables = planned.tables.clone();
             let df = planned.ctx.execute_logical_plan(planned.plan).await?;
             let df = if params.is_empty() {
@@ -164,11 +176,23 @@ impl QueryEngine {
         sql: &str,
         params: Vec<ScalarValue>,
     ) -> Result<Described> {
+        self.describe_with(who, sql, params, QueryOptions::default())
+            .await
+    }
+
+    /// [`QueryEngine::describe`] in a session shaped by `options`.
+    pub async fn describe_with(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: Vec<ScalarValue>,
+        options: QueryOptions,
+    ) -> Result<Described> {
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.limits.query_timeout_secs);
         let work = async {
             let _slot = self.admit().await?;
-            let planned = self.plan(who, sql).await?;
+            let planned = self.plan(who, sql, options).await?;
             let mut types: Vec<(usize, DataType)> = Vec::new();
             for (id, ty) in planned.plan.get_parameter_types()? {
                 let n = id
@@ -204,7 +228,7 @@ impl QueryEngine {
             tokio::time::Instant::now() + Duration::from_secs(self.limits.query_timeout_secs);
         let work = async {
             let _slot = self.admit().await?;
-            let ctx = self.session(who).await?;
+            let ctx = self.session(who, QueryOptions::default()).await?;
             let mut out = Vec::new();
             let Some(catalog) = ctx.catalog(CATALOG_NAME) else {
                 return Ok(out);
@@ -238,21 +262,28 @@ impl QueryEngine {
     }
 
     /// A session showing only what `who` may read, bounded by the query memory limit.
-    async fn session(&self, who: &Principal) -> Result<datafusion::prelude::SessionContext> {
+    async fn session(
+        &self,
+        who: &Principal,
+        options: QueryOptions,
+    ) -> Result<datafusion::prelude::SessionContext> {
         let grants = who.grants.clone();
         let visible: Visible = Arc::new(move |t: &str| grants.can_read(t));
-        let options = SessionOptions {
+        let session_options = SessionOptions {
             consistent: false,
             memory_bytes: Some((self.limits.memory_limit_mb as usize) << 20),
             visible: Some(visible),
         };
-        let (ctx, _) = open_session(self.catalog.clone(), options).await?;
+        let (ctx, _) = open_session(self.catalog.clone(), session_options).await?;
+        if let Some(hook) = &options.hook {
+            hook.install(&ctx)?;
+        }
         Ok(ctx)
     }
 
     /// `sql` parsed, checked to be a query, planned and authorized on its resolved plan.
-    async fn plan(&self, who: &Principal, sql: &str) -> Result<Planned> {
-        let ctx = self.session(who).await?;
+    async fn plan(&self, who: &Principal, sql: &str, options: QueryOptions) -> Result<Planned> {
+        let ctx = self.session(who, options).await?;
         let state = ctx.state();
         let statement = state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         refuse_non_queries(&statement)?;
@@ -270,6 +301,20 @@ impl QueryEngine {
         let tables = check_plan(who, &plan)?;
         Ok(Planned { ctx, plan, tables })
     }
+}
+
+/// How a door's sessions differ.
+#[derive(Clone, Default)]
+pub struct QueryOptions {
+    /// Adds what a door's clients expect to each session (PostgreSQL's `pg_catalog`).
+    pub hook: Option<Arc<dyn SessionHook>>,
+}
+
+/// Something a door adds to each of its query sessions, after the lakehouse tables and
+/// before planning; whatever it adds reads only what the session shows.
+pub trait SessionHook: Send + Sync {
+    /// Adds to `ctx`.
+    fn install(&self, ctx: &datafusion::prelude::SessionContext) -> datafusion::error::Result<()>;
 }
 
 /// A statement planned and authorized, ready to run.
@@ -333,7 +378,7 @@ fn first_words(s: &str) -> String {
 /// catalog's own listings (`information_schema`), which show only granted tables.
 fn qualified(reference: &TableReference) -> Option<String> {
     let r = reference.clone().resolve(CATALOG_NAME, "silver");
-    if r.schema.as_ref() == "information_schema" {
+    if matches!(r.schema.as_ref(), "information_schema" | "pg_catalog") {
         return None;
     }
     Some(format!("{}.{}", r.schema, r.table))

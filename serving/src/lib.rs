@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 mod observed;
 mod ops;
+pub mod pg;
 pub mod server;
 
 pub use error::{Result, ServingError};

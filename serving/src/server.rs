@@ -19,12 +19,15 @@ pub struct DoorAddrs {
     pub http: Option<SocketAddr>,
     /// Arrow Flight SQL.
     pub flight: Option<SocketAddr>,
+    /// The PostgreSQL wire protocol.
+    pub pgwire: Option<SocketAddr>,
 }
 
 /// The doors' sockets, bound and not yet answering.
 pub struct Listeners {
     http: Option<TcpListener>,
     flight: Option<TcpListener>,
+    pgwire: Option<TcpListener>,
 }
 
 /// Binds every door in `addrs`.
@@ -41,6 +44,7 @@ pub async fn bind(addrs: &DoorAddrs) -> Result<Listeners> {
     Ok(Listeners {
         http: one(addrs.http).await?,
         flight: one(addrs.flight).await?,
+        pgwire: one(addrs.pgwire).await?,
     })
 }
 
@@ -51,6 +55,7 @@ impl Listeners {
         DoorAddrs {
             http: local(&self.http),
             flight: local(&self.flight),
+            pgwire: local(&self.pgwire),
         }
     }
 
@@ -60,6 +65,7 @@ impl Listeners {
         self,
         engine: Arc<QueryEngine>,
         auth: Arc<Authenticator>,
+        config: &crate::config::ServeConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -98,6 +104,15 @@ impl Listeners {
                         message: e.to_string(),
                     })
             });
+        }
+        if let Some(listener) = self.pgwire {
+            let door = Arc::new(crate::pg::PgDoor::new(
+                engine.clone(),
+                auth.clone(),
+                config,
+            )?);
+            let stop = shutdown.clone();
+            doors.spawn(async move { door.serve(listener, stop).await });
         }
         let mut result = Ok(());
         while let Some(done) = doors.join_next().await {

@@ -103,12 +103,55 @@ def flight_catalog(conn):
         return adbc_error(e)
 
 
+# PostgreSQL SQLSTATE classes as the doors' error kinds.
+def pg_kind(state):
+    if state in ("28P01", "28000"):
+        return "unauthenticated"
+    if state == "42501":
+        return "permission_denied"
+    if state == "53300":
+        return "busy"
+    if state == "57014":
+        return "timeout"
+    return "query_error"
+
+
+def pg_connect(hostport, user, key):
+    import psycopg
+
+    host, port = hostport.rsplit(":", 1)
+    kwargs = dict(host=host, port=int(port), dbname="bitvelocity", user=user or "nobody")
+    if key is not None:
+        kwargs["password"] = key
+    # Autocommit: a refused statement must not leave the session in a failed transaction.
+    return psycopg.connect(autocommit=True, connect_timeout=10, **kwargs)
+
+
+def pg_case(conn, case):
+    import psycopg
+
+    sql = case["sql"]
+    params = case.get("params") or None
+    if params:
+        # psycopg binds `%s` server-side (extended protocol); the cases use `$n` in order.
+        for i in range(len(params), 0, -1):
+            sql = sql.replace(f"${i}", "%s")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        return {"rows": [[text(v) for v in row] for row in rows]}
+    except psycopg.Error as e:
+        return {"error": {"kind": pg_kind(e.sqlstate), "message": str(e)}}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cases", required=True, help="JSON file: [{name, sql, params?}]")
     p.add_argument("--users", required=True, help="JSON file: {name: key}; a null key sends none")
     p.add_argument("--http", help="base URL of the HTTP door")
     p.add_argument("--flight", help="grpc:// URI of the Flight SQL door")
+    p.add_argument("--pgwire", help="host:port of the PostgreSQL wire door")
     args = p.parse_args()
     with open(args.cases) as f:
         cases = json.load(f)
@@ -133,6 +176,21 @@ def main():
             answers["catalog"] = flight_catalog(conn)
             conn.close()
             out["flight"][user] = answers
+    if args.pgwire:
+        import psycopg
+
+        out["pgwire"] = {}
+        for user, key in users.items():
+            try:
+                conn = pg_connect(args.pgwire, user, key)
+            except psycopg.OperationalError as e:
+                # No password at all fails in the client before any SQLSTATE.
+                kind = pg_kind(e.sqlstate) if e.sqlstate else "unauthenticated"
+                refused = {"error": {"kind": kind, "message": str(e)}}
+                out["pgwire"][user] = {c["name"]: refused for c in cases}
+                continue
+            out["pgwire"][user] = {c["name"]: pg_case(conn, c) for c in cases}
+            conn.close()
     json.dump(out, sys.stdout)
 
 
