@@ -41,6 +41,28 @@ struct Case {
     engineer: Want,
 }
 
+/// The outside JWT issuer's secret (HS256), handed to the server by environment.
+const JWT_SECRET_VAR: &str = "BITVELOCITY_TEST_JWT_SECRET";
+const JWT_SECRET: &str = "a-test-issuer-secret-that-is-long-enough";
+
+/// A token from the outside issuer for `sub` in `role`, expiring `exp_in` seconds from now.
+fn jwt(sub: &str, role: &str, exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({
+        "sub": sub, "role": role, "exp": now + exp_in,
+        "iss": "test-idp", "aud": "bitvelocity",
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// A served warehouse: the server process, killed on drop.
 struct Served {
     child: Child,
@@ -64,6 +86,7 @@ fn serve(warehouse: &std::path::Path, config: &std::path::Path) -> Served {
         .arg(config)
         .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
         .args(["--pgwire", "127.0.0.1:0"])
+        .env(JWT_SECRET_VAR, JWT_SECRET)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start bitvelocity serve");
@@ -176,9 +199,15 @@ async fn every_door_answers_the_same_rows_as_postgres_and_refuses_the_same_reque
                     GROUP BY c.id, c.email ORDER BY c.id";
     let join = pg_text(&client, join_sql).await;
     assert!(join.len() > 10, "the workload placed too few orders");
+    // A customer that exists (the workload deletes some).
+    let some_id: i64 = client
+        .query_one("SELECT min(id) FROM customers", &[])
+        .await
+        .unwrap()
+        .get(0);
     let by_id = pg_text(
         &client,
-        "SELECT id, email, tier FROM customers WHERE id = 3",
+        &format!("SELECT id, email, tier FROM customers WHERE id = {some_id}"),
     )
     .await;
     assert_eq!(by_id.len(), 1);
@@ -222,7 +251,7 @@ async fn every_door_answers_the_same_rows_as_postgres_and_refuses_the_same_reque
     case(
         "int_parameter",
         "SELECT id, email, tier FROM customers WHERE id = $1".into(),
-        vec![json!(3)],
+        vec![json!(some_id)],
         both(Want::Rows(by_id)),
     );
     case(
@@ -322,6 +351,10 @@ name = "eve"
 role = "engineer"
 api_key_sha256 = "{eve_sha}"
 pg_scram_sha256 = "{eve_scram}"
+[jwt]
+hs256_secret_env = "{JWT_SECRET_VAR}"
+issuer = "test-idp"
+audience = "bitvelocity"
 "#,
             ana_scram = serving::pg::Verifier::new(&ana_key).to_text(),
             eve_scram = serving::pg::Verifier::new(&eve_key).to_text(),
@@ -339,7 +372,12 @@ pg_scram_sha256 = "{eve_scram}"
     let (wrong_key, _) = serving::auth::new_key();
     std::fs::write(
         &users_file,
-        json!({"ana": ana_key, "eve": eve_key, "nobody": null, "mallory": wrong_key}).to_string(),
+        json!({
+            "ana": ana_key, "eve": eve_key, "nobody": null, "mallory": wrong_key,
+            "jay": {"jwt": jwt("jay", "analyst", 600)},
+            "late": {"jwt": jwt("late", "analyst", -120)},
+        })
+        .to_string(),
     )
     .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/doors.py");
@@ -367,11 +405,14 @@ pg_scram_sha256 = "{eve_scram}"
         let doors = answers
             .get(door)
             .unwrap_or_else(|| panic!("no answers from the {door} door"));
-        for user in ["ana", "eve", "nobody", "mallory"] {
+        for user in ["ana", "eve", "nobody", "mallory", "jay", "late"] {
             for case in &cases {
-                let want = match user {
-                    "ana" => &case.analyst,
-                    "eve" => &case.engineer,
+                let want = match (user, door) {
+                    ("ana", _) => &case.analyst,
+                    ("eve", _) => &case.engineer,
+                    // A JWT goes where a key does; PostgreSQL takes one as a cleartext
+                    // password, which this door accepts only over TLS (not configured here).
+                    ("jay", "http" | "flight") => &case.analyst,
                     _ => &Want::Unauthenticated,
                 };
                 let got = &doors[user][case.name];
@@ -382,6 +423,16 @@ pg_scram_sha256 = "{eve_scram}"
             }
         }
         if door == "flight" {
+            // A ticket the client made itself is authorized like any statement.
+            for (user, want) in [
+                ("ana", Want::Denied("bronze.customers")),
+                ("eve", count(bronze_customers)),
+            ] {
+                checked += 1;
+                if let Err(why) = matches(&want, &doors[user]["hand_made_ticket"]) {
+                    failures.push(format!("flight {user} hand-made ticket: {why}"));
+                }
+            }
             // The catalog probe a BI tool or notebook makes: only granted tables listed.
             for (user, tables) in [("ana", vec!["silver"]), ("eve", vec!["bronze", "silver"])] {
                 let probe = &doors[user]["catalog"];
@@ -407,7 +458,7 @@ pg_scram_sha256 = "{eve_scram}"
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(checked, 3 * 4 * cases.len());
+    assert_eq!(checked, 3 * 6 * cases.len() + 2);
     psql_lists_and_describes_granted_tables(&served.pgwire, &ana_key, &eve_key);
     // Nothing was written where a refused COPY pointed.
     assert!(!std::path::Path::new("/tmp/bitvelocity-doors-leak.csv").exists());

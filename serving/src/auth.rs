@@ -33,8 +33,8 @@ pub struct Authenticator {
     /// The key of the tokens this server issues (random per process: they die with it).
     own_encoding: EncodingKey,
     own_decoding: DecodingKey,
-    /// An outside issuer's key and algorithm, when `[jwt]` is configured.
-    external: Option<(DecodingKey, Algorithm)>,
+    /// An outside issuer's key and how its tokens are checked, when `[jwt]` is configured.
+    external: Option<(DecodingKey, Validation)>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -42,7 +42,10 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("users", &self.by_digest.len())
             .field("roles", &self.roles.keys().collect::<Vec<_>>())
-            .field("external_jwt", &self.external.as_ref().map(|(_, a)| a))
+            .field(
+                "external_jwt",
+                &self.external.as_ref().map(|(_, v)| &v.algorithms),
+            )
             .finish()
     }
 }
@@ -95,7 +98,29 @@ impl Authenticator {
         }
         let external = match &config.jwt {
             None => None,
-            Some(jwt) => Some(external_key(jwt, env)?),
+            Some(jwt) => {
+                let (key, algorithm) = external_key(jwt, env)?;
+                let mut v = Validation::new(algorithm);
+                let mut required = vec!["exp", "sub"];
+                v.leeway = 0;
+                v.validate_nbf = true;
+                match &jwt.issuer {
+                    Some(iss) => {
+                        v.set_issuer(&[iss]);
+                        required.push("iss");
+                    }
+                    None => v.iss = None,
+                }
+                match &jwt.audience {
+                    Some(aud) => {
+                        v.set_audience(&[aud]);
+                        required.push("aud");
+                    }
+                    None => v.validate_aud = false,
+                }
+                v.set_required_spec_claims(&required);
+                Some((key, v))
+            }
         };
         use rand::RngCore;
         let mut secret = [0u8; 32];
@@ -137,6 +162,9 @@ impl Authenticator {
                 ErrorKind::ExpiredSignature => "the token has expired".to_string(),
                 ErrorKind::InvalidSignature => "the token's signature is not valid".to_string(),
                 ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted".to_string(),
+                ErrorKind::InvalidIssuer => "the token's issuer is not accepted".to_string(),
+                ErrorKind::InvalidAudience => "the token's audience is not accepted".to_string(),
+                ErrorKind::ImmatureSignature => "the token is not valid yet".to_string(),
                 _ => format!("the token is not valid: {e}"),
             })
         };
@@ -151,13 +179,10 @@ impl Authenticator {
             Err(e) if self.external.is_none() => return Err(refused(e)),
             Err(_) => {}
         }
-        let Some((key, algorithm)) = &self.external else {
+        let Some((key, outside)) = &self.external else {
             unreachable!("handled above");
         };
-        let mut outside = Validation::new(*algorithm);
-        outside.set_required_spec_claims(&["exp", "sub"]);
-        outside.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &outside).map_err(refused)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, outside).map_err(refused)?;
         self.by_claims(data.claims)
     }
 
@@ -358,6 +383,62 @@ mod tests {
     }
 
     #[test]
+    fn an_outside_issuer_and_audience_when_configured_are_required() {
+        let secret = "an-outside-issuer-secret-of-32-bytes!";
+        let env = |_: &str| Some(secret.to_string());
+        let mut config = analyst_config();
+        config.jwt = Some(crate::config::JwtConfig {
+            hs256_secret_env: Some("S".into()),
+            issuer: Some("https://idp.example".into()),
+            audience: Some("bitvelocity".into()),
+            ..Default::default()
+        });
+        let auth = Authenticator::with_env(&config, &env).unwrap();
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let token = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({
+                "sub": "ana", "role": "analyst", "exp": now_secs() + 60,
+                "iss": "https://idp.example", "aud": "bitvelocity",
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    claims.as_object_mut().unwrap().remove(k);
+                } else {
+                    claims[k] = v.clone();
+                }
+            }
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        assert_eq!(
+            auth.bearer(&token(serde_json::json!({}))).unwrap().user,
+            "ana"
+        );
+        for (extra, why) in [
+            (serde_json::json!({"aud": null}), "aud"),
+            (serde_json::json!({"aud": "another-app"}), "audience"),
+            (
+                serde_json::json!({"iss": "https://other.example"}),
+                "issuer",
+            ),
+            (serde_json::json!({"iss": null}), "iss"),
+            (
+                serde_json::json!({"nbf": now_secs() + 600}),
+                "not valid yet",
+            ),
+        ] {
+            let e = auth.bearer(&token(extra.clone())).unwrap_err().to_string();
+            assert!(e.contains(why), "{extra}: {e}");
+        }
+        // Unconfigured, an audience is not checked (identity providers always set one).
+        config.jwt = Some(crate::config::JwtConfig {
+            hs256_secret_env: Some("S".into()),
+            ..Default::default()
+        });
+        let open = Authenticator::with_env(&config, &env).unwrap();
+        assert!(open.bearer(&token(serde_json::json!({}))).is_ok());
+    }
+
+    #[test]
     fn an_outside_issuers_tokens_are_checked_with_its_key_and_algorithm() {
         // HS256 from an environment variable.
         let secret = "an-outside-issuer-secret-of-32-bytes!";
@@ -367,6 +448,7 @@ mod tests {
         config.jwt = Some(crate::config::JwtConfig {
             hs256_secret_env: Some(var.into()),
             rs256_public_key_file: None,
+            ..Default::default()
         });
         let auth = Authenticator::with_env(&config, &env).unwrap();
         let key = EncodingKey::from_secret(secret.as_bytes());
@@ -394,6 +476,7 @@ mod tests {
         config.jwt = Some(crate::config::JwtConfig {
             hs256_secret_env: None,
             rs256_public_key_file: Some(public.clone()),
+            ..Default::default()
         });
         let auth = Authenticator::new(&config).unwrap();
         let rsa = EncodingKey::from_rsa_pem(&private).unwrap();
@@ -410,11 +493,13 @@ mod tests {
         config.jwt = Some(crate::config::JwtConfig {
             hs256_secret_env: None,
             rs256_public_key_file: Some(format!("{dir}/jwt_test_rs256_private.pem.missing")),
+            ..Default::default()
         });
         assert!(Authenticator::new(&config).is_err());
         config.jwt = Some(crate::config::JwtConfig {
             hs256_secret_env: Some("BITVELOCITY_TEST_JWT_UNSET_VARIABLE".into()),
             rs256_public_key_file: None,
+            ..Default::default()
         });
         let e = Authenticator::with_env(&config, &env)
             .unwrap_err()
@@ -424,6 +509,7 @@ mod tests {
         config.jwt = Some(crate::config::JwtConfig {
             hs256_secret_env: Some(var.into()),
             rs256_public_key_file: None,
+            ..Default::default()
         });
         let short = |_: &str| Some("short".to_string());
         assert!(Authenticator::with_env(&config, &short).is_err());

@@ -67,6 +67,13 @@ pub struct JwtConfig {
     /// PEM file of the RS256 public key.
     #[serde(default)]
     pub rs256_public_key_file: Option<String>,
+    /// The `iss` a token must carry (recommended: tokens the same key signed for other
+    /// purposes are then refused).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry; when unset, a token's audience is not checked.
+    #[serde(default)]
+    pub audience: Option<String>,
 }
 
 /// Limits on queries, the same on every door.

@@ -152,10 +152,12 @@ impl QueryEngine {
                         queued: queued as usize,
                     });
                 }
-                let p =
-                    self.slots.clone().acquire_owned().await.map_err(|_| {
-                        ServingError::NotAllowed("the server is shutting down".into())
-                    })?;
+                let p = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ServingError::ShuttingDown)?;
                 drop(waiting);
                 p
             }

@@ -52,6 +52,12 @@ pub enum ServingError {
     /// The query ran past its time limit and was cancelled.
     #[error("query cancelled after its time limit of {0} s")]
     Timeout(u64),
+    /// The query needed more memory than its limit allows (after spilling what it could).
+    #[error("the query ran out of memory: {0}")]
+    ResourcesExhausted(String),
+    /// The server is stopping and takes no new queries.
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// The statement is not one a door runs (writes, DDL, settings, file access).
     #[error("not allowed: {0}")]
     NotAllowed(String),
@@ -81,6 +87,9 @@ impl From<datafusion::error::DataFusionError> for ServingError {
         {
             return ServingError::PermissionDenied(table.trim().to_string());
         }
+        if let datafusion::error::DataFusionError::ResourcesExhausted(why) = e.find_root() {
+            return ServingError::ResourcesExhausted(why.clone());
+        }
         ServingError::Query(Box::new(e))
     }
 }
@@ -92,6 +101,8 @@ impl ServingError {
             ServingError::Unauthenticated(_) => "unauthenticated",
             ServingError::PermissionDenied(_) => "permission_denied",
             ServingError::Busy { .. } => "busy",
+            ServingError::ResourcesExhausted(_) => "resources_exhausted",
+            ServingError::ShuttingDown => "shutting_down",
             ServingError::Timeout(_) => "timeout",
             ServingError::NotAllowed(_) => "not_allowed",
             ServingError::BadRequest(_) => "bad_request",

@@ -53,6 +53,9 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Largest message a client may send (a statement, a handle, bound parameters).
 const MAX_REQUEST_BYTES: usize = 16 << 20;
 
+/// Messages read while binding parameters before the client is cut off.
+const MAX_PARAMETER_MESSAGES: usize = 16;
+
 /// The Flight SQL door.
 pub struct FlightDoor {
     engine: Arc<QueryEngine>,
@@ -110,7 +113,29 @@ impl FlightDoor {
                 "the authorization header must be `Bearer` or `Basic`".into(),
             ))
         };
-        found.map_err(status)
+        found.map_err(|e| {
+            let metrics = self.engine.metrics();
+            metrics.query_done("flight", "", e.code(), Duration::ZERO);
+            status(e)
+        })
+    }
+
+    /// Describes a statement for `who`; a refusal (denied, not a query, bad SQL, busy) is
+    /// counted as that query's outcome, since clients prepare before they run.
+    async fn describe(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<crate::engine::Described, Status> {
+        let started = Instant::now();
+        self.engine.describe(who, sql, params).await.map_err(|e| {
+            self.engine
+                .metrics()
+                .query_done("flight", &who.user, e.code(), started.elapsed());
+            tracing::info!(door = "flight", user = %who.user, role = %who.role, outcome = e.code(), "query refused");
+            status(e)
+        })
     }
 
     /// Runs `handle`'s statement for `who` and streams the answer.
@@ -213,7 +238,10 @@ pub fn status(e: ServingError) -> Status {
         ServingError::PermissionDenied(_) | ServingError::NotAllowed(_) => {
             Status::permission_denied(message)
         }
-        ServingError::Busy { .. } => Status::resource_exhausted(message),
+        ServingError::Busy { .. } | ServingError::ResourcesExhausted(_) => {
+            Status::resource_exhausted(message)
+        }
+        ServingError::ShuttingDown => Status::unavailable(message),
         ServingError::Timeout(_) => Status::deadline_exceeded(message),
         ServingError::BadRequest(_) | ServingError::Query(_) => Status::invalid_argument(message),
         _ => Status::internal(message),
@@ -325,7 +353,18 @@ impl FlightSqlService for FlightDoor {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<HandshakeStream>, Status> {
-        let who = self.principal(&request)?;
+        // Only a user name and key: a token (ours or an outside issuer's) must never be
+        // traded for a fresh one that outlives it.
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| strip_scheme(h, "Basic "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the handshake takes basic credentials (user and key)")
+            })?;
+        let (user, key) = basic_credentials(header)?;
+        let who = self.auth.by_user_and_key(&user, &key).map_err(status)?;
         let token = self.auth.issue(&who, SESSION_TTL).map_err(status)?;
         let bearer = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| Status::internal("the issued token is not a header value"))?;
@@ -345,11 +384,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = self.principal(&request)?;
-        let described = self
-            .engine
-            .describe(&who, &query.query, Vec::new())
-            .await
-            .map_err(status)?;
+        let described = self.describe(&who, &query.query, Vec::new()).await?;
         let handle = Handle {
             sql: query.query,
             params: None,
@@ -381,11 +416,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let who = self.principal(&request)?;
-        let described = self
-            .engine
-            .describe(&who, &query.query, Vec::new())
-            .await
-            .map_err(status)?;
+        let described = self.describe(&who, &query.query, Vec::new()).await?;
         let parameters = if described.parameters.is_empty() {
             Default::default()
         } else {
@@ -421,14 +452,33 @@ impl FlightSqlService for FlightDoor {
         let mut batches = FlightRecordBatchStream::new_from_flight_data(data);
         let mut rows = Vec::new();
         let mut total = 0;
-        while let Some(batch) = batches.next().await {
-            let batch = batch
-                .map_err(|e| status(ServingError::BadRequest(format!("bound parameters: {e}"))))?;
+        // One row of parameters is a few messages; a client streaming more (even empty
+        // batches) or stalling is cut off rather than holding the call open.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(self.engine.limits().query_timeout_secs);
+        for _ in 0..MAX_PARAMETER_MESSAGES {
+            let next = tokio::time::timeout_at(deadline, batches.next())
+                .await
+                .map_err(|_| {
+                    status(ServingError::BadRequest(
+                        "bound parameters did not arrive in time".into(),
+                    ))
+                })?;
+            let Some(batch) = next else {
+                break;
+            };
+            let batch = batch.map_err(|e| match e {
+                FlightError::Tonic(s) => *s,
+                e => status(ServingError::BadRequest(format!("bound parameters: {e}"))),
+            })?;
             total += batch.num_rows();
             if total > 1 {
                 break; // refused below, without reading the rest
             }
-            rows.push(batch);
+            if batch.num_rows() == 1 {
+                rows.push(batch);
+                break;
+            }
         }
         if total > 1 {
             return Err(status(ServingError::BadRequest(
@@ -457,11 +507,7 @@ impl FlightSqlService for FlightDoor {
         let who = self.principal(&request)?;
         let handle = handle_from(&query.prepared_statement_handle)?;
         let params = handle.params().map_err(status)?;
-        let described = self
-            .engine
-            .describe(&who, &handle.sql, params)
-            .await
-            .map_err(status)?;
+        let described = self.describe(&who, &handle.sql, params).await?;
         let info = Self::info_for(
             &described.schema,
             query.as_any().encode_to_vec(),

@@ -58,7 +58,9 @@ impl IntoResponse for ServingError {
         let status = match &self {
             ServingError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ServingError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            ServingError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServingError::Busy { .. }
+            | ServingError::ResourcesExhausted(_)
+            | ServingError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServingError::NotAllowed(_) => StatusCode::FORBIDDEN,
             ServingError::BadRequest(_) | ServingError::Query(_) => StatusCode::BAD_REQUEST,

@@ -95,7 +95,8 @@ impl Listeners {
                 tonic::transport::Server::builder()
                     .add_service(door.service())
                     .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(listener),
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
                         signal,
                     )
                     .await

@@ -25,6 +25,8 @@ def text(v):
 
 def http_case(base, key, case):
     headers = {"Content-Type": "application/json"}
+    if isinstance(key, dict):
+        key = key["jwt"]
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     body = {"sql": case["sql"], "params": case.get("params", [])}
@@ -53,11 +55,21 @@ def adbc_error(e):
     return {"error": {"kind": ADBC_KINDS.get(name, name), "message": str(e)}}
 
 
+def credentials(user, key):
+    """A user's (name, key, token): a JSON object {"jwt": ...} is a bearer token instead."""
+    if isinstance(key, dict):
+        return user, None, key["jwt"]
+    return user, key, None
+
+
 def flight_connect(uri, user, key):
     import adbc_driver_flightsql.dbapi as flight_sql
 
+    user, key, token = credentials(user, key)
     kwargs = {}
-    if user is not None:
+    if token is not None:
+        kwargs = {"adbc.flight.sql.authorization_header": f"Bearer {token}"}
+    elif key is not None:
         kwargs = {"username": user, "password": key}
     return flight_sql.connect(uri, db_kwargs=kwargs, autocommit=True)
 
@@ -120,9 +132,10 @@ def pg_connect(hostport, user, key):
     import psycopg
 
     host, port = hostport.rsplit(":", 1)
+    user, key, token = credentials(user, key)
     kwargs = dict(host=host, port=int(port), dbname="bitvelocity", user=user or "nobody")
-    if key is not None:
-        kwargs["password"] = key
+    if (token or key) is not None:
+        kwargs["password"] = token or key
     # Autocommit: a refused statement must not leave the session in a failed transaction.
     return psycopg.connect(autocommit=True, connect_timeout=10, **kwargs)
 
@@ -143,6 +156,46 @@ def pg_case(conn, case):
         return {"rows": [[text(v) for v in row] for row in rows]}
     except psycopg.Error as e:
         return {"error": {"kind": pg_kind(e.sqlstate), "message": str(e)}}
+
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | 0x80]) if n else bytes([b])
+        if not n:
+            return out
+
+
+def pb_bytes(field, data):
+    return varint((field << 3) | 2) + varint(len(data)) + data
+
+
+def hand_made_ticket(uri, user, key):
+    """A DoGet ticket made by the client, not by the server, reading bronze.customers:
+    the statement it carries is authorized like any other (a handle grants nothing)."""
+    import struct
+
+    import pyarrow.flight as fl
+
+    sql = b"SELECT count(*) FROM bronze.customers"
+    handle = b"BVq1" + struct.pack("<I", len(sql)) + sql
+    any_msg = pb_bytes(
+        1, b"type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
+    ) + pb_bytes(2, pb_bytes(1, handle))
+    client = fl.FlightClient(uri)
+    try:
+        header = client.authenticate_basic_token(user, key)
+        options = fl.FlightCallOptions(headers=[header])
+        table = client.do_get(fl.Ticket(any_msg), options=options).read_all()
+        return {"rows": [[text(v) for v in row.values()] for row in table.to_pylist()]}
+    except fl.FlightUnauthorizedError as e:
+        return {"error": {"kind": "permission_denied", "message": str(e)}}
+    except fl.FlightUnauthenticatedError as e:
+        return {"error": {"kind": "unauthenticated", "message": str(e)}}
+    finally:
+        client.close()
 
 
 def main():
@@ -168,12 +221,14 @@ def main():
         for user, key in users.items():
             # A refused connection (no or wrong credentials) is every case's answer.
             try:
-                conn = flight_connect(args.flight, user if key else None, key)
+                conn = flight_connect(args.flight, user, key)
             except Exception as e:  # noqa: BLE001 - the refusal is the answer
                 out["flight"][user] = {c["name"]: adbc_error(e) for c in cases}
                 continue
             answers = {c["name"]: flight_case(conn, c) for c in cases}
             answers["catalog"] = flight_catalog(conn)
+            if isinstance(key, str):
+                answers["hand_made_ticket"] = hand_made_ticket(args.flight, user, key)
             conn.close()
             out["flight"][user] = answers
     if args.pgwire:

@@ -510,6 +510,8 @@ fn pg_error(e: ServingError) -> PgWireError {
         ServingError::Unauthenticated(_) => "28P01",
         ServingError::PermissionDenied(_) | ServingError::NotAllowed(_) => "42501",
         ServingError::Busy { .. } => "53300",
+        ServingError::ResourcesExhausted(_) => "53200",
+        ServingError::ShuttingDown => "57P01",
         ServingError::Timeout(_) => "57014",
         ServingError::BadRequest(_) => "22023",
         ServingError::Query(inner) => match inner.find_root() {
