@@ -44,18 +44,28 @@ pub async fn serve(
     if doors.http.is_none() && doors.flight.is_none() && doors.pgwire.is_none() {
         anyhow::bail!("every door is off: give --http, --flight or --pgwire an address");
     }
+    if let Some(tls) = &config.tls {
+        // Checked before binding: a door never answers in plaintext when TLS was asked for.
+        serving::tls::load(tls)?;
+    }
+    let secure = config.tls.is_some();
+    let (https, grpc) = if secure {
+        ("https", "grpc+tls")
+    } else {
+        ("http", "grpc")
+    };
     let listeners = serving::server::bind(&doors).await?;
     let bound = listeners.addrs();
     if let Some(a) = bound.http {
-        println!("SQL over HTTP on http://{a}/v1/sql");
+        println!("SQL over HTTP on {https}://{a}/v1/sql");
         println!(
-            "  curl -s http://{a}/v1/sql -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT 1\"}}'"
+            "  curl -s {https}://{a}/v1/sql -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT 1\"}}'"
         );
     }
     if let Some(a) = bound.flight {
-        println!("Arrow Flight SQL on grpc://{a}");
+        println!("Arrow Flight SQL on {grpc}://{a}");
         println!(
-            "  python -c \"import adbc_driver_flightsql.dbapi as f; c = f.connect('grpc://{a}', db_kwargs={{'username': '<user>', 'password': '<key>'}}); cur = c.cursor(); cur.execute('SELECT 1'); print(cur.fetchall())\""
+            "  python -c \"import adbc_driver_flightsql.dbapi as f; c = f.connect('{grpc}://{a}', db_kwargs={{'username': '<user>', 'password': '<key>'}}); cur = c.cursor(); cur.execute('SELECT 1'); print(cur.fetchall())\""
         );
     }
     if let Some(a) = bound.pgwire {

@@ -131,6 +131,45 @@ async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_door_answers_the_same_rows_as_postgres_and_refuses_the_same_requests() {
+    doors(false).await;
+}
+
+/// The same over TLS on every door (clients verifying the server's certificate), where the
+/// PostgreSQL door also takes the key or a JWT as a cleartext password; and a server whose
+/// TLS cannot start does not start at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_door_answers_the_same_over_tls_and_never_falls_back_to_plaintext() {
+    doors(true).await;
+}
+
+/// A self-signed certificate for 127.0.0.1 (and its key) in `dir`.
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+async fn doors(tls: bool) {
     let python = std::env::var("BITVELOCITY_PYTHON").expect(
         "BITVELOCITY_PYTHON is not set: run the suite with scripts/test, which builds the venv with the door clients",
     );
@@ -333,6 +372,48 @@ async fn every_door_answers_the_same_rows_as_postgres_and_refuses_the_same_reque
     let (ana_key, ana_sha) = serving::auth::new_key();
     let (eve_key, eve_sha) = serving::auth::new_key();
     let config = dir.path().join("serve.toml");
+    let tls_files = tls.then(|| certificate(dir.path()));
+    let tls_section = |key: &std::path::Path| match &tls_files {
+        Some((cert, _)) => format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
+    if let Some((_, key)) = &tls_files {
+        // A key that is not there: the server must refuse to start, not serve plaintext.
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(
+            &broken,
+            format!(
+                "[roles.analyst]\nread = [\"silver.*\"]\n{}",
+                tls_section(&key.with_extension("missing"))
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bitvelocity"))
+            .args(["serve", "--warehouse"])
+            .arg(&wh_dir)
+            .arg("--config")
+            .arg(&broken)
+            .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
+            .args(["--pgwire", "127.0.0.1:0"])
+            .output()
+            .expect("run serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "served with a missing TLS key");
+        assert!(stderr.contains("server.missing"), "{stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(" on "),
+            "a door answered: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let tls_config = tls_files
+        .as_ref()
+        .map(|(_, key)| tls_section(key))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
@@ -355,7 +436,7 @@ pg_scram_sha256 = "{eve_scram}"
 hs256_secret_env = "{JWT_SECRET_VAR}"
 issuer = "test-idp"
 audience = "bitvelocity"
-"#,
+{tls_config}"#,
             ana_scram = serving::pg::Verifier::new(&ana_key).to_text(),
             eve_scram = serving::pg::Verifier::new(&eve_key).to_text(),
         ),
@@ -389,6 +470,11 @@ audience = "bitvelocity"
         .arg(&users_file)
         .args(["--http", &served.http, "--flight", &served.flight])
         .args(["--pgwire", &served.pgwire])
+        .args(
+            tls_files
+                .iter()
+                .flat_map(|(cert, _)| [std::ffi::OsStr::new("--tls-ca"), cert.as_os_str()]),
+        )
         .output()
         .expect("run the door clients");
     assert!(
@@ -413,6 +499,7 @@ audience = "bitvelocity"
                     // A JWT goes where a key does; PostgreSQL takes one as a cleartext
                     // password, which this door accepts only over TLS (not configured here).
                     ("jay", "http" | "flight") => &case.analyst,
+                    ("jay", "pgwire") if tls => &case.analyst,
                     _ => &Want::Unauthenticated,
                 };
                 let got = &doors[user][case.name];
@@ -459,7 +546,8 @@ audience = "bitvelocity"
         failures.join("\n")
     );
     assert_eq!(checked, 3 * 6 * cases.len() + 2);
-    psql_lists_and_describes_granted_tables(&served.pgwire, &ana_key, &eve_key);
+    let ca = tls_files.as_ref().map(|(cert, _)| cert.as_path());
+    psql_lists_and_describes_granted_tables(&served.pgwire, &ana_key, &eve_key, ca);
     // Nothing was written where a refused COPY pointed.
     assert!(!std::path::Path::new("/tmp/bitvelocity-doors-leak.csv").exists());
 }
@@ -493,12 +581,21 @@ fn matches(want: &Want, got: &Value) -> Result<(), String> {
 
 /// `psql`'s own catalog commands (`\\dt`, `\\d <table>`) over the PostgreSQL door: listings
 /// show only granted tables, and a table's columns are described.
-fn psql_lists_and_describes_granted_tables(addr: &str, ana_key: &str, eve_key: &str) {
+fn psql_lists_and_describes_granted_tables(
+    addr: &str,
+    ana_key: &str,
+    eve_key: &str,
+    ca: Option<&std::path::Path>,
+) {
     let (host, port) = addr.rsplit_once(':').unwrap();
+    let ssl = match ca {
+        Some(ca) => format!("sslmode=verify-full sslrootcert={}", ca.display()),
+        None => "sslmode=disable".to_string(),
+    };
     let psql = |user: &str, key: &str, command: &str| {
         let out = Command::new("psql")
             .arg(format!(
-                "host={host} port={port} dbname=bitvelocity user={user}"
+                "host={host} port={port} dbname=bitvelocity user={user} {ssl}"
             ))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", command])
             .env("PGPASSWORD", key)

@@ -27,6 +27,20 @@ pub struct ServeConfig {
     /// Per-query and server-wide limits.
     #[serde(default)]
     pub limits: Limits,
+    /// TLS for every door; without it the doors answer in plaintext (bind them to
+    /// loopback only).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The certificate every door presents.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, the server's first.
+    pub cert_file: String,
+    /// PEM file of its private key.
+    pub key_file: String,
 }
 
 /// What a role may do: globs over `namespace.table` (`*` matches any run of characters).

@@ -18,6 +18,7 @@ mod observed;
 mod ops;
 pub mod pg;
 pub mod server;
+pub mod tls;
 
 pub use error::{Result, ServingError};
 pub use ops::{ops_router, serve_ops};

@@ -71,28 +71,48 @@ impl Listeners {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        // Loaded before any door answers: unusable TLS stops the server, never plaintext.
+        let tls = config.tls.as_ref().map(crate::tls::load).transpose()?;
         let mut doors = tokio::task::JoinSet::new();
         if let Some(listener) = self.http {
             let router = crate::http::router(crate::http::HttpState {
                 engine: engine.clone(),
                 auth: auth.clone(),
             });
-            let signal = stopped(shutdown.clone());
-            doors.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(signal)
-                    .await
-                    .map_err(|e| ServingError::Door {
-                        door: "http",
-                        message: e.to_string(),
-                    })
-            });
+            match &tls {
+                None => {
+                    let signal = stopped(shutdown.clone());
+                    doors.spawn(async move {
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(signal)
+                            .await
+                            .map_err(|e| ServingError::Door {
+                                door: "http",
+                                message: e.to_string(),
+                            })
+                    });
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.with_alpn(&[b"http/1.1"]));
+                    doors.spawn(serve_https(listener, router, acceptor, shutdown.clone()));
+                }
+            }
         }
         if let Some(listener) = self.flight {
             let door = crate::flight::FlightDoor::new(engine.clone(), auth.clone())?;
             let signal = stopped(shutdown.clone());
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &tls {
+                let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+                builder = builder
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                    .map_err(|e| ServingError::Door {
+                        door: "flight",
+                        message: format!("TLS: {e}"),
+                    })?;
+            }
             doors.spawn(async move {
-                tonic::transport::Server::builder()
+                builder
                     .add_service(door.service())
                     .serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(listener)
@@ -113,7 +133,10 @@ impl Listeners {
                 config,
             )?);
             let stop = shutdown.clone();
-            doors.spawn(async move { door.serve(listener, stop).await });
+            let acceptor = tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+            doors.spawn(async move { door.serve(listener, acceptor, stop).await });
         }
         let mut result = Ok(());
         while let Some(done) = doors.join_next().await {
@@ -131,5 +154,37 @@ impl Listeners {
             }
         }
         result
+    }
+}
+
+/// The HTTP door over TLS: each connection's handshake (bounded in time) on its own task,
+/// then HTTP/1.1 over the router; stops accepting at shutdown.
+async fn serve_https(
+    listener: TcpListener,
+    router: axum::Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((socket, _)) = accepted else { continue };
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(socket),
+                    );
+                    let Ok(Ok(stream)) = handshake.await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
     }
 }

@@ -15,6 +15,10 @@ import sys
 import requests
 
 
+# The certificate authority the doors' TLS is verified against (None: plaintext).
+TLS_CA = None
+
+
 def text(v):
     if v is None:
         return None
@@ -30,7 +34,9 @@ def http_case(base, key, case):
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     body = {"sql": case["sql"], "params": case.get("params", [])}
-    r = requests.post(f"{base}/v1/sql", json=body, headers=headers, timeout=60)
+    r = requests.post(
+        f"{base}/v1/sql", json=body, headers=headers, timeout=60, verify=TLS_CA or True
+    )
     doc = r.json()
     if "error" in doc:
         return {"error": {"kind": doc["error"]["code"], "message": doc["error"]["message"]}}
@@ -67,10 +73,13 @@ def flight_connect(uri, user, key):
 
     user, key, token = credentials(user, key)
     kwargs = {}
+    if TLS_CA:
+        with open(TLS_CA) as f:
+            kwargs["adbc.flight.sql.client_option.tls_root_certs"] = f.read()
     if token is not None:
-        kwargs = {"adbc.flight.sql.authorization_header": f"Bearer {token}"}
+        kwargs["adbc.flight.sql.authorization_header"] = f"Bearer {token}"
     elif key is not None:
-        kwargs = {"username": user, "password": key}
+        kwargs.update({"username": user, "password": key})
     return flight_sql.connect(uri, db_kwargs=kwargs, autocommit=True)
 
 
@@ -134,6 +143,10 @@ def pg_connect(hostport, user, key):
     host, port = hostport.rsplit(":", 1)
     user, key, token = credentials(user, key)
     kwargs = dict(host=host, port=int(port), dbname="bitvelocity", user=user or "nobody")
+    if TLS_CA:
+        kwargs.update(sslmode="verify-full", sslrootcert=TLS_CA)
+    else:
+        kwargs.update(sslmode="disable")
     if (token or key) is not None:
         kwargs["password"] = token or key
     # Autocommit: a refused statement must not leave the session in a failed transaction.
@@ -184,7 +197,11 @@ def hand_made_ticket(uri, user, key):
     any_msg = pb_bytes(
         1, b"type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
     ) + pb_bytes(2, pb_bytes(1, handle))
-    client = fl.FlightClient(uri)
+    if TLS_CA:
+        with open(TLS_CA, "rb") as f:
+            client = fl.FlightClient(uri, tls_root_certs=f.read())
+    else:
+        client = fl.FlightClient(uri)
     try:
         header = client.authenticate_basic_token(user, key)
         options = fl.FlightCallOptions(headers=[header])
@@ -205,7 +222,10 @@ def main():
     p.add_argument("--http", help="base URL of the HTTP door")
     p.add_argument("--flight", help="grpc:// URI of the Flight SQL door")
     p.add_argument("--pgwire", help="host:port of the PostgreSQL wire door")
+    p.add_argument("--tls-ca", help="PEM certificate to verify every door's TLS with")
     args = p.parse_args()
+    global TLS_CA
+    TLS_CA = args.tls_ca
     with open(args.cases) as f:
         cases = json.load(f)
     with open(args.users) as f:

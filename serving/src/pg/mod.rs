@@ -80,6 +80,7 @@ impl PgDoor {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) -> crate::Result<()> {
         loop {
@@ -99,8 +100,9 @@ impl PgDoor {
                             continue;
                         }
                     };
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, connection).await {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, connection).await {
                             tracing::debug!(error = %e, "postgres wire connection ended");
                         }
                     });
