@@ -217,6 +217,10 @@ enum Command {
         /// Business operations the workload generator runs.
         #[arg(long, default_value_t = 3_000)]
         operations: u32,
+        /// Then serve the warehouse on every door (HTTP :8080, Flight SQL :50051,
+        /// PostgreSQL wire :5433 on loopback) until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
     },
 }
 
@@ -553,9 +557,16 @@ async fn main() {
         Command::Demo {
             warehouse,
             operations,
+            serve,
         } => {
             init_tracing("warn");
-            demo::run(warehouse, operations).await
+            match demo::run(warehouse.clone(), operations).await {
+                Ok(()) => {
+                    let stop = serve.then(shutdown_signal);
+                    serve::after_demo(&warehouse, stop).await
+                }
+                Err(e) => Err(e),
+            }
         }
     };
     if let Err(e) = result {

@@ -87,6 +87,59 @@ pub async fn serve(
     Ok(())
 }
 
+/// After the demo: writes its server configuration and either serves the warehouse on
+/// every door until `stop` (when given) or prints how to.
+pub async fn after_demo(
+    warehouse: &Path,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<()> {
+    let config = warehouse.join("serve.toml");
+    let key = demo_user(&config)?;
+    match stop {
+        Some(stop) => {
+            println!("\n  Serving the warehouse as user demo, key {key} (Ctrl-C stops):");
+            let doors = serving::server::DoorAddrs {
+                http: Some(([127, 0, 0, 1], 8080).into()),
+                flight: Some(([127, 0, 0, 1], 50051).into()),
+                pgwire: Some(([127, 0, 0, 1], 5433).into()),
+            };
+            serve(catalog::Warehouse::new(warehouse)?, &config, doors, stop).await
+        }
+        None => {
+            println!(
+                "  Or serve it to psql, Python ADBC and curl (user demo, key {key}):\n    bitvelocity serve --warehouse {w} --config {c}",
+                w = warehouse.display(),
+                c = config.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Writes the demo's server configuration at `path` (a `reader` role that reads every
+/// table, and a user `demo` holding a fresh key) and returns the key.
+pub fn demo_user(path: &Path) -> Result<String> {
+    let mut config = ServeConfig::default();
+    config.roles.insert(
+        "reader".into(),
+        serving::config::RoleConfig {
+            read: vec!["*".into()],
+            write: vec![],
+        },
+    );
+    let (key, digest) = serving::auth::new_key();
+    config.users.push(UserConfig {
+        name: "demo".into(),
+        role: "reader".into(),
+        api_key_sha256: digest,
+        pg_scram_sha256: Some(serving::pg::Verifier::new(&key).to_text()),
+    });
+    let text = config.to_toml()?;
+    ServeConfig::parse(&text)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
+
 /// Adds user `user` with role `role` to the configuration at `path` (created if missing)
 /// and prints the new key, which is stored only as its SHA-256.
 pub fn new_key(path: &Path, user: &str, role: &str) -> Result<()> {
