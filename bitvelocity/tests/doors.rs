@@ -546,6 +546,16 @@ audience = "bitvelocity"
         failures.join("\n")
     );
     assert_eq!(checked, 3 * 6 * cases.len() + 2);
+    if !tls {
+        hostile_input_leaves_the_server_answering(
+            &served,
+            &python,
+            &ana_key,
+            dir.path(),
+            &cases_file,
+            &cases,
+        );
+    }
     let ca = tls_files.as_ref().map(|(cert, _)| cert.as_path());
     psql_lists_and_describes_granted_tables(&served.pgwire, &ana_key, &eve_key, ca);
     // Nothing was written where a refused COPY pointed.
@@ -627,5 +637,101 @@ fn psql_lists_and_describes_granted_tables(
                 .any(|l| l.starts_with(&format!("{column}|"))),
             "{column} not described:\n{described}"
         );
+    }
+}
+
+/// The server's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+/// A thousand malformed or hostile requests per door (tests/python/hostile.py): every one
+/// refused, the server still answers the analyst's queries exactly, and its memory did
+/// not grow without bound.
+fn hostile_input_leaves_the_server_answering(
+    served: &Served,
+    python: &str,
+    ana_key: &str,
+    dir: &std::path::Path,
+    cases_file: &std::path::Path,
+    cases: &[Case],
+) {
+    let pid = served.child.id();
+    let before = rss_kib(pid);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/hostile.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--http", &served.http, "--flight", &served.flight])
+        .args([
+            "--pgwire",
+            &served.pgwire,
+            "--user",
+            "ana",
+            "--key",
+            ana_key,
+        ])
+        .args([
+            "--expired-jwt",
+            &jwt("ana", "analyst", -120),
+            "--count",
+            "1000",
+        ])
+        .output()
+        .expect("run the hostile clients");
+    assert!(
+        out.status.success(),
+        "hostile clients failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: BTreeMap<String, Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for door in ["http", "flight", "pgwire"] {
+        let r = &report[door];
+        assert!(r["sent"].as_u64().unwrap() >= 1000, "{door}: {r}");
+        assert_eq!(
+            r["unexpected"],
+            json!([]),
+            "{door}: hostile requests not refused"
+        );
+    }
+    let after = rss_kib(pid);
+    println!("server RSS {before} KiB before 3,000 hostile requests, {after} KiB after");
+    assert!(
+        after < before + 512 * 1024,
+        "server RSS grew from {before} KiB to {after} KiB"
+    );
+    // Still answering, exactly: the analyst's cases through every door again.
+    let users = dir.join("ana.json");
+    std::fs::write(&users, json!({ "ana": ana_key }).to_string()).unwrap();
+    let out = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/doors.py"
+        ))
+        .arg("--cases")
+        .arg(cases_file)
+        .arg("--users")
+        .arg(&users)
+        .args(["--http", &served.http, "--flight", &served.flight])
+        .args(["--pgwire", &served.pgwire])
+        .output()
+        .expect("run the door clients");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    for door in ["http", "flight", "pgwire"] {
+        for case in cases {
+            if let Err(why) = matches(&case.analyst, &answers[door]["ana"][case.name]) {
+                panic!("after hostile input, {door} {}: {why}", case.name);
+            }
+        }
     }
 }
