@@ -619,6 +619,22 @@ fn psql_lists_and_describes_granted_tables(
         );
         text
     };
+    if ca.is_some() {
+        // With TLS configured, a client that does not ask for it is refused.
+        let out = Command::new("psql")
+            .arg(format!(
+                "host={host} port={port} dbname=bitvelocity user=ana sslmode=disable"
+            ))
+            .args(["-X", "-c", "SELECT 1"])
+            .env("PGPASSWORD", ana_key)
+            .output()
+            .expect("run psql");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("requires TLS"),
+            "a plaintext PostgreSQL client got in: {stderr}"
+        );
+    }
     let listed = psql("ana", ana_key, "\\dt *.*");
     for t in ecommerce::TABLES {
         assert!(

@@ -259,8 +259,17 @@ def main():
             try:
                 conn = pg_connect(args.pgwire, user, key)
             except psycopg.OperationalError as e:
-                # No password at all fails in the client before any SQLSTATE.
-                kind = pg_kind(e.sqlstate) if e.sqlstate else "unauthenticated"
+                # No password at all fails in the client before any SQLSTATE; any other
+                # failure without one (refused connection, TLS, a crash) is not a refusal.
+                if e.sqlstate:
+                    kind = pg_kind(e.sqlstate)
+                elif "password authentication failed for user" in str(e):
+                    # The server's 28P01 (libpq reports a login's error without its code).
+                    kind = "unauthenticated"
+                elif key is None and "no password supplied" in str(e):
+                    kind = "unauthenticated"
+                else:
+                    kind = "connect_failed"
                 refused = {"error": {"kind": kind, "message": str(e)}}
                 out["pgwire"][user] = {c["name"]: refused for c in cases}
                 continue

@@ -47,6 +47,8 @@ pub struct PgDoor {
     engine: Arc<QueryEngine>,
     auth: Arc<Authenticator>,
     verifiers: HashMap<String, Verifier>,
+    /// TLS is configured: a client that does not ask for it is refused.
+    require_tls: bool,
     /// `pg_catalog`'s fixed tables, loaded once.
     statics: Arc<datafusion_pg_catalog::pg_catalog::PgCatalogStaticTables>,
 }
@@ -72,6 +74,7 @@ impl PgDoor {
             engine,
             auth,
             verifiers,
+            require_tls: config.tls.is_some(),
             statics: Arc::new(statics),
         })
     }
@@ -333,8 +336,22 @@ impl SimpleQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        let statements = self.parser.statements(query).await?;
+        // Each answer holds a query slot until the client reads it, and pgwire sends them
+        // only after all have started: several queries in one message could hold every
+        // slot. One query per message (with any BEGIN/SET/SHOW around it).
+        let queries = statements
+            .iter()
+            .filter(|s| matches!(s, Statement::Query { .. }))
+            .count();
+        if queries > 1 {
+            return Err(user_error(
+                "0A000",
+                format!("send one query per message (this one holds {queries})"),
+            ));
+        }
         let mut out = Vec::new();
-        for statement in self.parser.statements(query).await? {
+        for statement in statements {
             out.push(
                 self.respond(
                     &statement,

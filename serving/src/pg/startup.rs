@@ -120,6 +120,13 @@ impl StartupHandler for Login {
                         ),
                     ));
                 }
+                if self.door.require_tls && !client.is_secure() {
+                    // Never plaintext when TLS is configured (pgwire would carry on).
+                    return Err(fatal(
+                        "28000",
+                        "this server requires TLS: connect with sslmode=require or stricter".into(),
+                    ));
+                }
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 if client.is_secure() {
                     *state = State::Cleartext;
