@@ -372,12 +372,14 @@ async fn limits_cap_rows_refuse_when_busy_and_cancel_at_the_deadline() {
     assert_eq!(body["rows"][9]["id"], 10);
 
     // An answer not yet read holds the only slot: the next query is refused, not queued.
+    // (A million rows: far more batches than the answer's channel holds, so its execution
+    // cannot finish, and free the slot, before the client reads.)
     let held = s
         .router
         .clone()
         .oneshot(post(
             Some(&s.analyst),
-            serde_json::json!({"sql": "SELECT id FROM items"}),
+            serde_json::json!({"sql": "SELECT a.id FROM items a, items b"}),
         ))
         .await
         .unwrap();
