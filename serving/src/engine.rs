@@ -105,14 +105,18 @@ impl QueryEngine {
         // The execution runs on a task of its own holding the slot, under the deadline,
         // whether or not the client reads: a slow or silent client cannot keep a query (or
         // its slot) past its time. A client that goes away drops the receiver, which ends
-        // the task and so the execution.
+        // the task and so the execution at once, even between batches.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let end = Arc::new(AtomicU8::new(RUNNING));
         let ended = end.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let run = async {
-                while let Some(item) = inner.next().await {
+                loop {
+                    let item = tokio::select! {
+                        _ = tx.closed() => return,
+                        item = inner.next() => item,
+                    };
+                    let Some(item) = item else { break };
                     let failed = item.is_err();
                     if failed {
                         ended.store(FAILED, Relaxed);
@@ -126,6 +130,10 @@ impl QueryEngine {
             if tokio::time::timeout_at(deadline, run).await.is_err() {
                 ended.store(TIMED_OUT, Relaxed);
             }
+            // The slot is free before the answer ends: a client that read the whole answer
+            // finds it free for its next query.
+            drop(slot);
+            drop(tx);
         });
         Ok(QueryStream {
             schema,

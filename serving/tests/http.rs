@@ -371,6 +371,16 @@ async fn limits_cap_rows_refuse_when_busy_and_cancel_at_the_deadline() {
     assert_eq!(body["rows"].as_array().unwrap().len(), 10);
     assert_eq!(body["rows"][9]["id"], 10);
 
+    // The capped answer's execution ends once the client stops reading (asynchronously):
+    // wait for its slot before taking it again.
+    let stopped = std::time::Instant::now();
+    while query(&s, &s.analyst, "SELECT 0 AS zero").await.0 != StatusCode::OK {
+        assert!(
+            stopped.elapsed() < std::time::Duration::from_millis(500),
+            "the capped answer kept its slot"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     // An answer not yet read holds the only slot: the next query is refused, not queued.
     // (A million rows: far more batches than the answer's channel holds, so its execution
     // cannot finish, and free the slot, before the client reads.)
