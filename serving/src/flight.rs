@@ -178,6 +178,20 @@ impl FlightDoor {
         Ok(Response::new(Box::pin(data)))
     }
 
+    /// A catalog listing's `FlightInfo`, for an authenticated caller: its ticket is the
+    /// command itself.
+    #[allow(clippy::result_large_err)]
+    fn listing_info(
+        &self,
+        schema: &Schema,
+        command: Vec<u8>,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.principal(&request)?;
+        let info = Self::info_for(schema, command, request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
     /// A `FlightInfo` answering `schema` with one endpoint whose ticket is `ticket`.
     #[allow(clippy::result_large_err)]
     fn info_for(
@@ -568,14 +582,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.clone().into_builder(&self.info).schema();
-        let info = Self::info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing_info(&schema, query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_sql_info(
@@ -592,14 +600,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.into_builder().schema();
-        let info = Self::info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing_info(&schema, query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_catalogs(
@@ -618,14 +620,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.clone().into_builder().schema();
-        let info = Self::info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing_info(&schema, query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_schemas(
@@ -649,14 +645,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.clone().into_builder().schema();
-        let info = Self::info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing_info(&schema, query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_tables(
@@ -681,14 +671,8 @@ impl FlightSqlService for FlightDoor {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.principal(&request)?;
         let schema = query.into_builder().schema();
-        let info = Self::info_for(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        self.listing_info(&schema, query.as_any().encode_to_vec(), request)
     }
 
     async fn do_get_table_types(

@@ -18,6 +18,8 @@ import sys
 
 import requests
 
+from doors import varint
+
 random.seed(7)
 
 
@@ -184,16 +186,6 @@ def flight_door(uri, user, key, count):
         sent += 1
     client.close()
     return {"sent": sent, "unexpected": unexpected}
-
-
-def varint(n):
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out += bytes([b | 0x80]) if n else bytes([b])
-        if not n:
-            return out
 
 
 def main():

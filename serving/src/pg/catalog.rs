@@ -33,6 +33,16 @@ impl LiveCatalog {
     fn current(&self) -> Option<Arc<dyn CatalogProviderList>> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    fn schema(
+        &self,
+        catalog: &str,
+        schema: &str,
+    ) -> Option<Arc<dyn datafusion::catalog::SchemaProvider>> {
+        self.current()
+            .and_then(|c| c.catalog(catalog))
+            .and_then(|c| c.schema(schema))
+    }
 }
 
 fn sorted(mut names: Vec<String>) -> Vec<String> {
@@ -62,9 +72,7 @@ impl CatalogInfo for LiveCatalog {
         schema: &str,
     ) -> Result<Option<Vec<String>>, DataFusionError> {
         Ok(self
-            .current()
-            .and_then(|c| c.catalog(catalog))
-            .and_then(|c| c.schema(schema))
+            .schema(catalog, schema)
             .map(|s| sorted(s.table_names())))
     }
 
@@ -74,11 +82,7 @@ impl CatalogInfo for LiveCatalog {
         schema: &str,
         table: &str,
     ) -> Result<Option<SchemaRef>, DataFusionError> {
-        let Some(schema) = self
-            .current()
-            .and_then(|c| c.catalog(catalog))
-            .and_then(|c| c.schema(schema))
-        else {
+        let Some(schema) = self.schema(catalog, schema) else {
             return Ok(None);
         };
         Ok(schema.table(table).await?.map(|t| t.schema()))
@@ -90,11 +94,7 @@ impl CatalogInfo for LiveCatalog {
         schema: &str,
         table: &str,
     ) -> Result<Option<TableType>, DataFusionError> {
-        let Some(schema) = self
-            .current()
-            .and_then(|c| c.catalog(catalog))
-            .and_then(|c| c.schema(schema))
-        else {
+        let Some(schema) = self.schema(catalog, schema) else {
             return Ok(None);
         };
         Ok(schema.table(table).await?.map(|t| t.table_type()))
