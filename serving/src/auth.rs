@@ -290,14 +290,7 @@ mod tests {
         let (key, digest) = new_key();
         let (other, _) = new_key();
         assert_ne!(key, other);
-        let mut config = ServeConfig::default();
-        config.roles.insert(
-            "analyst".into(),
-            RoleConfig {
-                read: vec!["silver.*".into()],
-                write: vec![],
-            },
-        );
+        let mut config = analyst_config();
         config.users.push(UserConfig {
             name: "ana".into(),
             role: "analyst".into(),
