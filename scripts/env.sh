@@ -56,9 +56,9 @@ prune_build_cache() {
             sort -rn | awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++) print $2 }' |
             while read -r f; do rm -f "$deps/$f"; done
     fi
-    # Incremental state a build touched in the last 12 hours is kept; older directories are
+    # Incremental state a build touched in the last 3 hours is kept; older directories are
     # never read again and had grown to tens of GB, filling the disk mid-test.
     if [ -d "$inc" ]; then
-        find "$inc" -mindepth 1 -maxdepth 1 -mmin +720 -exec rm -rf {} +
+        find "$inc" -mindepth 1 -maxdepth 1 -mmin +180 -exec rm -rf {} +
     fi
 }

@@ -36,6 +36,16 @@ pub async fn serve(
     let auth = Arc::new(serving::auth::Authenticator::new(&config)?);
     let catalog = wh.open_catalog().await?;
     let metrics = Arc::new(serving::metrics::ServeMetrics::default());
+    let rest = Arc::new(
+        serving::rest::RestCatalog::new(
+            &wh,
+            catalog.clone(),
+            auth.clone(),
+            metrics.clone(),
+            config.rest_catalog.clone(),
+        )
+        .await?,
+    );
     let engine = Arc::new(serving::engine::QueryEngine::new(
         catalog,
         config.limits.clone(),
@@ -61,6 +71,10 @@ pub async fn serve(
         println!(
             "  curl -s {https}://{a}/v1/sql -H 'Authorization: Bearer <key>' -H 'Content-Type: application/json' -d '{{\"sql\": \"SELECT 1\"}}'"
         );
+        println!("Iceberg REST catalog on {https}://{a}/iceberg");
+        println!(
+            "  python -c \"from pyiceberg.catalog.rest import RestCatalog; c = RestCatalog('bitvelocity', uri='{https}://{a}/iceberg', credential='<user>:<key>'); print(c.list_namespaces())\""
+        );
     }
     if let Some(a) = bound.flight {
         println!("Arrow Flight SQL on {grpc}://{a}");
@@ -81,7 +95,7 @@ pub async fn serve(
         );
     }
     listeners
-        .serve(engine, auth, &config, shutdown)
+        .serve(engine, auth, Some(rest), &config, shutdown)
         .await
         .context("serving")?;
     Ok(())

@@ -8,10 +8,12 @@
 
 #[path = "../../ingestion/tests/common/mod.rs"]
 mod common;
+mod served;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use served::{Served, pg_text, serve};
 
 use domains::ecommerce::{self, WorkloadConfig};
 use serde_json::{Value, json};
@@ -61,72 +63,6 @@ fn jwt(sub: &str, role: &str, exp_in: i64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
     )
     .unwrap()
-}
-
-/// A served warehouse: the server process, killed on drop.
-struct Served {
-    child: Child,
-    http: String,
-    flight: String,
-    pgwire: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(warehouse: &std::path::Path, config: &std::path::Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bitvelocity"))
-        .args(["serve", "--warehouse"])
-        .arg(warehouse)
-        .arg("--config")
-        .arg(config)
-        .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
-        .args(["--pgwire", "127.0.0.1:0"])
-        .env(JWT_SECRET_VAR, JWT_SECRET)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start bitvelocity serve");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut http, mut flight, mut pgwire) = (None, None, None);
-    while http.is_none() || flight.is_none() || pgwire.is_none() {
-        let line = lines
-            .next()
-            .expect("serve ended before naming its doors")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("SQL over HTTP on ") {
-            http = Some(rest.trim_end_matches("/v1/sql").to_string());
-        }
-        if let Some(rest) = line.strip_prefix("Arrow Flight SQL on ") {
-            flight = Some(rest.to_string());
-        }
-        if let Some(rest) = line.strip_prefix("PostgreSQL wire on postgres://") {
-            pgwire = Some(rest.trim_end_matches("/bitvelocity").to_string());
-        }
-    }
-    // Keep draining so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served {
-        child,
-        http: http.unwrap(),
-        flight: flight.unwrap(),
-        pgwire: pgwire.unwrap(),
-    }
-}
-
-/// PostgreSQL's answer to `sql`, every value as text.
-async fn pg_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
-    let mut out = Vec::new();
-    for m in client.simple_query(sql).await.unwrap() {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            out.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +378,7 @@ audience = "bitvelocity"
         ),
     )
     .unwrap();
-    let served = serve(&wh_dir, &config);
+    let served = serve(&wh_dir, &config, &[(JWT_SECRET_VAR, JWT_SECRET)]);
     let cases_file = dir.path().join("cases.json");
     let cases_json: Vec<Value> = cases
         .iter()
@@ -677,7 +613,7 @@ fn hostile_input_leaves_the_server_answering(
     cases_file: &std::path::Path,
     cases: &[Case],
 ) {
-    let pid = served.child.id();
+    let pid = served.pid();
     let before = rss_kib(pid);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/hostile.py");
     let out = Command::new(python)

@@ -31,6 +31,31 @@ pub struct ServeConfig {
     /// loopback only).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The Iceberg REST catalog on the HTTP door.
+    #[serde(default)]
+    pub rest_catalog: RestCatalogConfig,
+}
+
+/// How the Iceberg REST catalog (`/iceberg` on the HTTP door) answers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestCatalogConfig {
+    /// Lifetime of the tokens `/iceberg/v1/oauth/tokens` issues, seconds.
+    pub token_ttl_secs: u64,
+    /// Hand the server's own object-store credentials to REST clients in `LoadTable`'s
+    /// `config` (`s3.access-key-id`, ...). They reach every file of the bucket whatever the
+    /// caller's grants, so turn it on only where every REST client may read every table;
+    /// otherwise clients bring their own storage credentials.
+    pub vend_credentials: bool,
+}
+
+impl Default for RestCatalogConfig {
+    fn default() -> Self {
+        Self {
+            token_ttl_secs: 3600,
+            vend_credentials: false,
+        }
+    }
 }
 
 /// The certificate every door presents.

@@ -41,6 +41,38 @@ pub enum ServingError {
     /// The principal may not read (or write) this table.
     #[error("permission denied for table {0}")]
     PermissionDenied(String),
+    /// The principal may not see (or change) this namespace.
+    #[error("permission denied for namespace {0}")]
+    NamespaceDenied(String),
+    /// No such namespace (and the principal may see it, so saying so leaks nothing).
+    #[error("no such namespace: {0}")]
+    NoSuchNamespace(String),
+    /// No such table (and the principal may see it).
+    #[error("no such table: {0}")]
+    NoSuchTable(String),
+    /// A namespace or table of that name exists already.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The namespace still holds tables.
+    #[error("namespace {0} is not empty: drop its tables first")]
+    NamespaceNotEmpty(String),
+    /// A commit's requirements no longer hold (another writer committed first): reload
+    /// the table and retry.
+    #[error("commit refused: {0}")]
+    CommitConflict(String),
+    /// A commit's outcome could not be learned: it may have applied, so its files must be
+    /// kept; reload the table to see.
+    #[error("commit outcome unknown: {0}")]
+    CommitOutcomeUnknown(String),
+    /// A request this server understands but does not carry out.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The catalog could not carry out a request.
+    #[error("catalog: {0}")]
+    Catalog(#[from] catalog::CatalogError),
+    /// Iceberg refused or failed a request.
+    #[error("iceberg: {0}")]
+    Iceberg(Box<iceberg::Error>),
     /// Every query slot is taken and the queue is full.
     #[error("busy: {running} queries running and {queued} waiting; retry later")]
     Busy {
@@ -99,7 +131,14 @@ impl ServingError {
     pub fn code(&self) -> &'static str {
         match self {
             ServingError::Unauthenticated(_) => "unauthenticated",
-            ServingError::PermissionDenied(_) => "permission_denied",
+            ServingError::PermissionDenied(_) | ServingError::NamespaceDenied(_) => {
+                "permission_denied"
+            }
+            ServingError::NoSuchNamespace(_) | ServingError::NoSuchTable(_) => "not_found",
+            ServingError::AlreadyExists(_) | ServingError::NamespaceNotEmpty(_) => "conflict",
+            ServingError::CommitConflict(_) => "commit_conflict",
+            ServingError::CommitOutcomeUnknown(_) => "commit_unknown",
+            ServingError::Unsupported(_) => "unsupported",
             ServingError::Busy { .. } => "busy",
             ServingError::ResourcesExhausted(_) => "resources_exhausted",
             ServingError::ShuttingDown => "shutting_down",

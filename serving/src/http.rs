@@ -31,17 +31,24 @@ pub struct HttpState {
     pub engine: Arc<QueryEngine>,
     /// Who is asking.
     pub auth: Arc<Authenticator>,
+    /// The Iceberg REST catalog, served at `/iceberg` when present.
+    pub rest: Option<Arc<crate::rest::RestCatalog>>,
 }
 
 /// The HTTP door's router, apart from any socket so tests drive it directly.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let rest = state.rest.clone();
+    let router = Router::new()
         .route("/v1/sql", post(sql))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state);
+    match rest {
+        Some(rest) => router.nest("/iceberg", rest.router()),
+        None => router,
+    }
 }
 
 /// The body of `POST /v1/sql`.
@@ -80,8 +87,8 @@ impl IntoResponse for ServingError {
     }
 }
 
-/// The caller, from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
-fn principal(state: &HttpState, headers: &HeaderMap) -> Result<Principal> {
+/// The caller, from `Authorization: Bearer <key>` or `X-API-Key: <key>` (a key or a JWT).
+pub(crate) fn principal(auth: &Authenticator, headers: &HeaderMap) -> Result<Principal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -91,7 +98,7 @@ fn principal(state: &HttpState, headers: &HeaderMap) -> Result<Principal> {
         });
     let key = bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     match key {
-        Some(k) => state.auth.bearer(k.trim()),
+        Some(k) => auth.bearer(k.trim()),
         None => Err(ServingError::Unauthenticated(
             "send an API key as `Authorization: Bearer <key>` or `X-API-Key`".into(),
         )),
@@ -101,7 +108,7 @@ fn principal(state: &HttpState, headers: &HeaderMap) -> Result<Principal> {
 async fn sql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let metrics = state.engine.metrics().clone();
-    let who = match principal(&state, &headers) {
+    let who = match principal(&state.auth, &headers) {
         Ok(p) => p,
         Err(e) => {
             metrics.query_done("http", "", e.code(), started.elapsed());

@@ -17,6 +17,7 @@ pub mod metrics;
 mod observed;
 mod ops;
 pub mod pg;
+pub mod rest;
 pub mod server;
 pub mod tls;
 

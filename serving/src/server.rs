@@ -65,6 +65,7 @@ impl Listeners {
         self,
         engine: Arc<QueryEngine>,
         auth: Arc<Authenticator>,
+        rest: Option<Arc<crate::rest::RestCatalog>>,
         config: &crate::config::ServeConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
@@ -78,6 +79,7 @@ impl Listeners {
             let router = crate::http::router(crate::http::HttpState {
                 engine: engine.clone(),
                 auth: auth.clone(),
+                rest,
             });
             match &tls {
                 None => {

@@ -116,7 +116,11 @@ api_key_sha256 = "{engineer_sha}"
         config.limits.clone(),
         metrics,
     ));
-    let router = serving::http::router(serving::http::HttpState { engine, auth });
+    let router = serving::http::router(serving::http::HttpState {
+        engine,
+        auth,
+        rest: None,
+    });
     Server {
         _dir: dir,
         router,
