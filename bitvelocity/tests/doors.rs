@@ -641,7 +641,7 @@ fn hostile_input_leaves_the_server_answering(
         String::from_utf8_lossy(&out.stderr)
     );
     let report: BTreeMap<String, Value> = serde_json::from_slice(&out.stdout).unwrap();
-    for door in ["http", "flight", "pgwire"] {
+    for door in ["http", "rest", "flight", "pgwire"] {
         let r = &report[door];
         assert!(r["sent"].as_u64().unwrap() >= 1000, "{door}: {r}");
         assert_eq!(
@@ -651,7 +651,7 @@ fn hostile_input_leaves_the_server_answering(
         );
     }
     let after = rss_kib(pid);
-    println!("server RSS {before} KiB before 3,000 hostile requests, {after} KiB after");
+    println!("server RSS {before} KiB before 4,000 hostile requests, {after} KiB after");
     assert!(
         after < before + 512 * 1024,
         "server RSS grew from {before} KiB to {after} KiB"

@@ -15,7 +15,19 @@ use std::process::Command;
 
 use domains::ecommerce::{self, WorkloadConfig};
 use serde_json::{Value, json};
-use served::{pg_text, serve};
+use served::{pg_text, serve_with};
+
+/// Where the served warehouse lives.
+struct Target {
+    /// The warehouse (the test's ingester writes through it).
+    warehouse: catalog::Warehouse,
+    /// `bitvelocity serve`'s warehouse arguments.
+    cli_args: Vec<String>,
+    /// Its environment (S3 credentials).
+    env: Vec<(&'static str, String)>,
+    /// Keeps a local warehouse's folder alive.
+    _dir: Option<tempfile::TempDir>,
+}
 
 /// Rows as the script prints them.
 fn rows(v: &Value) -> Vec<Vec<Option<String>>> {
@@ -24,12 +36,38 @@ fn rows(v: &Value) -> Vec<Vec<Option<String>>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyiceberg_and_duckdb_read_and_write_through_the_rest_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh_dir = dir.path().join("wh");
+    let target = Target {
+        warehouse: catalog::Warehouse::new(&wh_dir).unwrap(),
+        cli_args: vec!["--warehouse".into(), wh_dir.display().to_string()],
+        env: Vec::new(),
+        _dir: Some(dir),
+    };
+    rest_catalog(target, false).await;
+}
+
+/// On S3 with a PostgreSQL catalog, `LoadTable` hands clients the storage configuration
+/// (credentials too, as configured), and pyiceberg and DuckDB read and write with it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyiceberg_and_duckdb_use_vended_s3_credentials_through_the_rest_catalog() {
+    let backend = common::ObjectStoreBackend::start("rest").await;
+    let target = Target {
+        warehouse: backend.warehouse.clone(),
+        cli_args: backend.cli_args(),
+        env: backend.env(),
+        _dir: None,
+    };
+    rest_catalog(target, true).await;
+    drop(backend);
+}
+
+async fn rest_catalog(target: Target, vend: bool) {
     let python = std::env::var("BITVELOCITY_PYTHON").expect(
         "BITVELOCITY_PYTHON is not set: run the suite with scripts/test, which builds the venv with pyiceberg and DuckDB",
     );
     let dir = tempfile::tempdir().unwrap();
-    let wh_dir = dir.path().join("wh");
-    let wh = catalog::Warehouse::new(&wh_dir).unwrap();
+    let wh = &target.warehouse;
     let (_pg, url) = common::start_pg("rest").await;
     let mut client = common::connect(&url).await;
     ecommerce::create_schema(&client).await.unwrap();
@@ -40,7 +78,7 @@ async fn pyiceberg_and_duckdb_read_and_write_through_the_rest_catalog() {
     ecommerce::run_workload(&mut client, &workload, |_| {})
         .await
         .unwrap();
-    common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+    common::ingest_caught_up(&url, ecommerce::PUBLICATION, wh)
         .await
         .unwrap();
     // Changes after the initial copy, so bronze holds more than one row per customer.
@@ -48,7 +86,7 @@ async fn pyiceberg_and_duckdb_read_and_write_through_the_rest_catalog() {
         .batch_execute("UPDATE customers SET email = 'changed-' || email WHERE id % 3 = 0")
         .await
         .unwrap();
-    let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, &wh)
+    let report = common::ingest_caught_up(&url, ecommerce::PUBLICATION, wh)
         .await
         .unwrap();
     assert!(report.stopped.is_empty(), "{report:?}");
@@ -86,6 +124,8 @@ async fn pyiceberg_and_duckdb_read_and_write_through_the_rest_catalog() {
 
     let (ana_key, ana_sha) = serving::auth::new_key();
     let (eve_key, eve_sha) = serving::auth::new_key();
+    let (sam_key, sam_sha) = serving::auth::new_key();
+    let (max_key, max_sha) = serving::auth::new_key();
     let config = dir.path().join("serve.toml");
     std::fs::write(
         &config,
@@ -96,6 +136,20 @@ read = ["silver.*"]
 [roles.engineer]
 read = ["*"]
 write = ["sandbox.*"]
+[roles.sandboxer]
+read = ["sandbox.*"]
+write = ["sandbox.*"]
+[roles.admin]
+read = ["*"]
+write = ["*"]
+[[users]]
+name = "sam"
+role = "sandboxer"
+api_key_sha256 = "{sam_sha}"
+[[users]]
+name = "max"
+role = "admin"
+api_key_sha256 = "{max_sha}"
 [[users]]
 name = "ana"
 role = "analyst"
@@ -105,16 +159,18 @@ name = "eve"
 role = "engineer"
 api_key_sha256 = "{eve_sha}"
 pg_scram_sha256 = "{eve_scram}"
+[rest_catalog]
+vend_credentials = {vend}
 "#,
             eve_scram = serving::pg::Verifier::new(&eve_key).to_text(),
         ),
     )
     .unwrap();
-    let served = serve(&wh_dir, &config, &[]);
+    let served = serve_with(&target.cli_args, &config, &target.env);
     let users_file = dir.path().join("users.json");
     std::fs::write(
         &users_file,
-        json!({ "ana": ana_key, "eve": eve_key }).to_string(),
+        json!({ "ana": ana_key, "eve": eve_key, "sam": sam_key, "max": max_key }).to_string(),
     )
     .unwrap();
     let reads_file = dir.path().join("reads.json");
@@ -143,8 +199,7 @@ pg_scram_sha256 = "{eve_scram}"
         .arg(&reads_file)
         .arg("--scratch")
         .arg(&scratch)
-        .arg("--warehouse-dir")
-        .arg(&wh_dir)
+        .args(["--warehouse-url", &wh.url()])
         .output()
         .expect("run tests/python/rest.py");
     assert!(
@@ -220,6 +275,12 @@ pg_scram_sha256 = "{eve_scram}"
         ("analyst_reads_sandbox", json!("ForbiddenError")),
         // Writes into the platform's namespaces, or outside the table, are refused.
         ("create_in_silver", json!("ForbiddenError")),
+        ("admin_create_in_silver", json!("ForbiddenError")),
+        ("admin_drop_silver_table", json!("ForbiddenError")),
+        ("admin_create_bronze_namespace", json!("ForbiddenError")),
+        ("admin_silver_properties", json!("ForbiddenError")),
+        ("silver_list_after_purges", json!(true)),
+        ("silver_rows_after_purges", json!(customers.len())),
         ("create_in_bronze", json!("ForbiddenError")),
         ("drop_silver_table", json!("ForbiddenError")),
         ("create_outside_warehouse", json!("ForbiddenError")),
@@ -234,6 +295,21 @@ pg_scram_sha256 = "{eve_scram}"
         let (ok, detail) = is(key, want);
         check(key, ok, detail);
     }
+    let (ok, detail) = is("scratch_data_files", json!(1));
+    check("scratch_data_files", ok, detail);
+    let config_keys = if !vend {
+        json!([])
+    } else {
+        json!([
+            "s3.access-key-id",
+            "s3.endpoint",
+            "s3.path-style-access",
+            "s3.region",
+            "s3.secret-access-key"
+        ])
+    };
+    let (ok, detail) = is("load_config_keys", config_keys);
+    check("load_config_keys", ok, detail);
     let silver_tables: Vec<String> = ecommerce::TABLES
         .iter()
         .map(|t| format!("silver.{t}"))
@@ -271,6 +347,18 @@ pg_scram_sha256 = "{eve_scram}"
         ("pgwire_notes", &got["pgwire_notes"]["rows"]),
     ] {
         check(key, value == &notes, format!("{value} != {notes}"));
+    }
+    check(
+        "sandboxer_notes",
+        got["sandboxer_notes"]["rows"] == json!([["6"]]),
+        truncate(&got["sandboxer_notes"]),
+    );
+    for key in ["tampered_location_http", "tampered_manifest_list_http"] {
+        check(
+            key,
+            got[key]["error"]["kind"] == "query_error",
+            truncate(&got[key]),
+        );
     }
     check(
         "analyst_http_notes",

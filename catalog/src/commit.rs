@@ -356,7 +356,22 @@ impl CommitPath {
                 Ok(false) => match self.pointers.current(ident).await {
                     Ok(Some(p)) if p == location => break true,
                     Ok(Some(p)) => match published_before(file_io, &p, &location, ours).await {
-                        Ok(found) => break found,
+                        Ok(true) => break true,
+                        // Not found in the current metadata's history, which may have been
+                        // trimmed (`write.metadata.previous-versions-max`) or may name no
+                        // snapshot of ours: still in doubt, never a plain conflict (a caller
+                        // would then redo a commit that may have applied, or delete its files).
+                        Ok(false) => {
+                            tracing::error!(table = %name, metadata = %location, current = %p, "commit outcome unknown: ours is not in the history of the current metadata");
+                            return Err(CatalogError::CommitOutcomeUnknown {
+                                table: name.clone(),
+                                metadata_location: location,
+                                source: Box::new(iceberg::Error::new(
+                                    iceberg::ErrorKind::CatalogCommitConflicts,
+                                    format!("an attempt failed and the pointer moved on to {p}"),
+                                )),
+                            });
+                        }
                         Err(e) => {
                             tracing::error!(table = %name, metadata = %location, error = %e, "commit outcome unknown");
                             return Err(CatalogError::CommitOutcomeUnknown {

@@ -59,6 +59,21 @@ impl Retry {
         )
     }
 
+    /// For a replication slot still held by a session that is going away (a restart right
+    /// after a stop finds the old walsender alive): pauses growing to five seconds, for up
+    /// to a minute (PostgreSQL's default `wal_sender_timeout`, after which a server drops a
+    /// session whose client vanished without closing its socket).
+    pub fn slot_release() -> Self {
+        Self::new(
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times()
+                .with_total_delay(Some(Duration::from_secs(60))),
+        )
+    }
+
     /// For re-establishing a lost connection to the source database: pauses growing to
     /// thirty seconds, for up to fifteen minutes of waiting, long enough to ride out a
     /// server restart or failover, short enough that a supervisor hears of a lasting outage.

@@ -132,6 +132,91 @@ pub fn s3_props_from_env() -> HashMap<String, String> {
     props
 }
 
+/// Storage property confining a `FileIO` to one folder (a table's location): every file
+/// outside it is refused, whatever a table's metadata names. Tables that clients outside
+/// the platform write (through the REST catalog, with their own access to storage) are
+/// read through such a `FileIO`, so no metadata they wrote can make the platform read or
+/// delete another table's files, or a file outside the warehouse.
+pub const CONFINED_TO: &str = "bitvelocity.confined-to";
+
+/// Whether `path` lies under the folder `root` (no trailing `/`): it starts with `root/`,
+/// and no segment after that is empty, `.` or `..`, plainly or percent-encoded, nor hides a
+/// `/` or `\\` in an escape.
+pub fn lies_within(root: &str, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.contains('\\')
+        && !rest.contains('\0')
+        && rest.split('/').all(|segment| {
+            let decoded = percent_decoded(segment);
+            !segment.is_empty()
+                && decoded != "."
+                && decoded != ".."
+                && !decoded.contains('/')
+                && !decoded.contains('\\')
+        })
+}
+
+/// `segment` with its `%XX` escapes decoded (bytes that are not UTF-8 shown as U+FFFD).
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `FileIO` like `file_io` that refuses every file outside the folder `root`.
+pub fn confined_file_io(file_io: &iceberg::io::FileIO, root: &str) -> iceberg::io::FileIO {
+    iceberg::io::FileIOBuilder::new(Arc::new(ObjectStorageFactory))
+        .with_props(file_io.config().props().clone())
+        .with_prop(CONFINED_TO, root.trim_end_matches('/'))
+        .build()
+}
+
+/// Refuses `location` outside `root`; on local disk also when a symbolic link on its way
+/// leads outside.
+fn confine(root: &str, location: &str) -> iceberg::Result<()> {
+    let outside = || {
+        iceberg::Error::new(
+            iceberg::ErrorKind::DataInvalid,
+            format!("{location} lies outside the table's location {root}"),
+        )
+    };
+    if !lies_within(root, location) {
+        return Err(outside());
+    }
+    if let (Ok(Location::Local(path)), Ok(Location::Local(folder))) =
+        (Location::parse(location), Location::parse(root))
+    {
+        let folder = folder.canonicalize().map_err(|_| outside())?;
+        let mut existing = path.as_path();
+        while !existing.exists() {
+            existing = existing.parent().ok_or_else(outside)?;
+        }
+        let real = existing.canonicalize().map_err(|_| outside())?;
+        if !real.starts_with(&folder) {
+            return Err(outside());
+        }
+    }
+    Ok(())
+}
+
 /// One file found by [`ObjectStorage::list`].
 #[derive(Debug, Clone)]
 pub struct StoredFile {
@@ -192,6 +277,9 @@ impl ObjectStorage {
     }
 
     fn resolve(&self, location: &str) -> iceberg::Result<Resolved> {
+        if let Some(root) = self.props.get(CONFINED_TO) {
+            confine(root, location)?;
+        }
         let parsed = Location::parse(location).map_err(|e| {
             iceberg::Error::new(iceberg::ErrorKind::FeatureUnsupported, e.to_string())
         })?;

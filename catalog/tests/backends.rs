@@ -112,6 +112,8 @@ struct LostAck {
     inner: Box<dyn PointerStore>,
     armed: AtomicBool,
     meanwhile: tokio::sync::Mutex<Option<Hook>>,
+    /// The first swap fails before reaching the database (nothing applied) instead.
+    never_sent: bool,
 }
 
 impl LostAck {
@@ -120,6 +122,7 @@ impl LostAck {
             inner,
             armed: AtomicBool::new(true),
             meanwhile: tokio::sync::Mutex::new(meanwhile),
+            never_sent: false,
         }
     }
 }
@@ -138,6 +141,12 @@ impl PointerStore for LostAck {
         expected: &str,
         new: &str,
     ) -> Result<bool, sqlx::Error> {
+        if self.never_sent && self.armed.swap(false, Ordering::SeqCst) {
+            if let Some(hook) = self.meanwhile.lock().await.take() {
+                hook().await;
+            }
+            return Err(sqlx::Error::PoolTimedOut);
+        }
         let applied = self.inner.compare_and_swap(table, expected, new).await?;
         if self.armed.swap(false, Ordering::SeqCst) {
             assert!(applied, "the first swap applies");
@@ -417,6 +426,35 @@ async fn suite(b: Backend) {
         "on-top"
     );
     let reloaded = after;
+
+    // A swap that failed without an answer (here: never applied), and another writer moved
+    // the pointer before the retry: ours is not in the new history, but that history can be
+    // trimmed, so the outcome stays unknown: never a conflict a caller would redo or clean
+    // up after.
+    let overtaker = (catalog.clone(), wh.commit_path().await.unwrap());
+    let mut never_sent = LostAck::new(
+        wh.catalog_url().pointers().await.unwrap(),
+        Some(Box::new(move || {
+            Box::pin(async move {
+                let (catalog, commits) = overtaker;
+                let base = catalog.load_table(&ident("commits")).await.unwrap();
+                commits
+                    .commit_row_delta(catalog.as_ref(), &base, delta("meanwhile"))
+                    .await
+                    .expect("another writer commits meanwhile");
+            })
+        })),
+    );
+    never_sent.never_sent = true;
+    let e = CommitPath::new(Arc::new(never_sent))
+        .commit_row_delta(catalog.as_ref(), &reloaded, delta("in-doubt"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.may_have_committed() && !e.is_conflict(),
+        "an in-doubt swap overtaken by another writer is unknown, not a conflict: {e}"
+    );
+    let reloaded = catalog.load_table(&ident("commits")).await.unwrap();
 
     // An unreachable catalog: the outcome is unknown, reported as such, and the metadata
     // file it would have published is kept.

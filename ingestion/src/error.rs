@@ -150,6 +150,18 @@ impl IngestError {
     }
 }
 
+impl IngestError {
+    /// Whether the replication slot is held by another session (55006): our previous run's,
+    /// still going away, or a second consumer's.
+    pub fn is_slot_in_use(&self) -> bool {
+        match self {
+            IngestError::Server { code, .. } => code == "55006",
+            IngestError::Client(e) => e.code().is_some_and(|c| c.code() == "55006"),
+            _ => false,
+        }
+    }
+}
+
 /// SQLSTATEs after which the same request may succeed on a new connection: connection
 /// failures (08000, 08001, 08003, 08006), the server shutting down, crashing or starting up
 /// (57P01, 57P02, 57P03), too many connections (53300), and the slot still held by a session

@@ -236,6 +236,65 @@ async fn restart_resumes_where_it_stopped_without_duplicates() {
     }
 }
 
+/// A restart right after a stop finds the slot still held by the old session (PostgreSQL's
+/// walsender outlives its client for a moment): the ingester waits for it instead of
+/// failing with 55006 "replication slot ... is active".
+#[tokio::test]
+async fn a_slot_still_held_by_a_dying_session_is_waited_for() {
+    let (pg, url) = start_pg("held").await;
+    let client = connect(&url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE PUBLICATION p FOR TABLE a;
+             INSERT INTO a VALUES (1);",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    client
+        .batch_execute("INSERT INTO a VALUES (2), (3)")
+        .await
+        .unwrap();
+    // Another session streams from the slot for a while, as a stopping ingester's does.
+    let mut holder = std::process::Command::new(pg.bindir().join("pg_recvlogical"))
+        .args(["--slot", "bitvelocity_p", "--start", "--file", "/dev/null"])
+        .args(["-o", "proto_version=1", "-o", "publication_names=p"])
+        .args(["--dbname", &url])
+        .spawn()
+        .expect("start pg_recvlogical");
+    let held = async {
+        loop {
+            let active: bool = client
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = 'bitvelocity_p'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if active {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), held)
+        .await
+        .expect("pg_recvlogical never held the slot");
+    let release = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let _ = holder.kill();
+        let _ = holder.wait();
+    });
+    let report = ingest_caught_up(&url, "p", dir.path()).await.unwrap();
+    release.await.unwrap();
+    assert_eq!(report.changes, 2);
+    for t in tables(&client, "p").await {
+        assert_bronze_matches(&client, dir.path(), &t).await;
+    }
+}
+
 #[tokio::test]
 async fn source_tables_whose_names_collide_get_distinct_stable_tables() {
     let (_pg, url) = start_pg("names").await;

@@ -25,14 +25,8 @@ impl Glob {
 pub struct Grants {
     read: GlobSet,
     write: GlobSet,
-    /// The namespace part of each read and write grant (`silver` of `silver.*`, `*` of `*`).
-    read_namespaces: GlobSet,
-    write_namespaces: GlobSet,
-}
-
-/// The part of a grant that names namespaces: up to its first dot (all of it without one).
-fn namespace_part(pattern: &str) -> &str {
-    pattern.split_once('.').map_or(pattern, |(ns, _)| ns)
+    /// The write grants as written, for namespace-wide decisions.
+    write_patterns: Vec<String>,
 }
 
 impl Grants {
@@ -45,29 +39,20 @@ impl Grants {
             }
             b.build()
         };
-        let parts = |patterns: &[String]| -> Vec<String> {
-            patterns
-                .iter()
-                .map(|p| namespace_part(p).to_string())
-                .collect()
-        };
         Ok(Self {
             read: set(&role.read)?,
             write: set(&role.write)?,
-            read_namespaces: set(&parts(&role.read))?,
-            write_namespaces: set(&parts(&role.write))?,
+            write_patterns: role.write.clone(),
         })
     }
 
-    /// Whether some grant may cover tables of `namespace`, so the namespace is shown to
-    /// the role (REST catalog listings); its tables are still checked one by one.
-    pub fn can_see_namespace(&self, namespace: &str) -> bool {
-        self.read_namespaces.is_match(namespace) || self.write_namespaces.is_match(namespace)
-    }
-
-    /// Whether `namespace` may be created, changed or dropped: some write grant covers it.
+    /// Whether `namespace` itself may be created, changed or dropped: only a grant of the
+    /// whole namespace (`sandbox.*`, or `*`) allows it; a grant of some of its tables
+    /// (`sandbox.alice_*`) does not.
     pub fn can_write_namespace(&self, namespace: &str) -> bool {
-        self.write_namespaces.is_match(namespace)
+        self.write_patterns
+            .iter()
+            .any(|p| p == "*" || p.strip_suffix(".*") == Some(namespace))
     }
 
     /// Whether `table` (`namespace.table`) may be read.
@@ -109,24 +94,19 @@ mod tests {
         assert!(!all.can_write("sandbox.t"));
         let none = grants(&[], &[]);
         assert!(!none.can_read("silver.orders"));
-        assert!(!none.can_see_namespace("silver"));
+        assert!(!none.can_write_namespace("sandbox"));
     }
 
     #[test]
-    fn namespaces_follow_the_namespace_part_of_grants() {
-        let g = grants(&["silver.*", "gold.daily_*"], &["sand*.t"]);
-        assert!(g.can_see_namespace("silver") && g.can_see_namespace("gold"));
+    fn only_whole_namespace_grants_change_namespaces() {
+        let g = grants(&["*"], &["sandbox.*", "team.alice_*", "{x,y}.*", "s*.*"]);
+        assert!(g.can_write_namespace("sandbox"));
         assert!(
-            g.can_see_namespace("sandbox"),
-            "write grants show their namespaces"
+            !g.can_write_namespace("team"),
+            "a grant of some tables is not the namespace"
         );
-        assert!(!g.can_see_namespace("bronze"));
-        assert!(
-            !g.can_see_namespace("silverx"),
-            "a namespace part matches whole names"
-        );
-        assert!(g.can_write_namespace("sandbox") && !g.can_write_namespace("silver"));
-        let all = grants(&["*"], &["*"]);
-        assert!(all.can_see_namespace("bronze") && all.can_write_namespace("anything"));
+        assert!(!g.can_write_namespace("sandbox2") && !g.can_write_namespace("x"));
+        assert!(g.can_write("team.alice_1") && g.can_write("x.t"));
+        assert!(grants(&[], &["*"]).can_write_namespace("anything"));
     }
 }

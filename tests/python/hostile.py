@@ -188,6 +188,47 @@ def flight_door(uri, user, key, count):
     return {"sent": sent, "unexpected": unexpected}
 
 
+def rest_door(base, key, expired, count):
+    """Hostile Iceberg REST catalog requests from a reader without write grants: every
+    one must be refused (4xx), none may change or reveal anything."""
+    unexpected = []
+    sent = 0
+    rest = f"{base}/iceberg/v1"
+    auth = {"Authorization": f"Bearer {key}"}
+    for i in range(count):
+        kind = i % 10
+        try:
+            if kind == 0:
+                r = requests.get(f"{rest}/{random.randrange(10**6)}/nope", headers=auth)
+            elif kind == 1:
+                r = requests.post(f"{rest}/namespaces", data="{not json", headers=auth)
+            elif kind == 2:
+                body = os.urandom(random.randrange(1, 4096))
+                r = requests.post(f"{rest}/namespaces/silver/tables/customers", data=body, headers=auth)
+            elif kind == 3:
+                body = {"requirements": [], "updates": [{"action": "set-location", "location": "file:///etc"}]}
+                r = requests.post(f"{rest}/namespaces/silver/tables/customers", json=body, headers=auth)
+            elif kind == 4:
+                r = requests.get(f"{rest}/namespaces/..%2F..%2Fetc/tables/passwd", headers=auth)
+            elif kind == 5:
+                r = requests.get(f"{rest}/config", headers={"Authorization": f"Bearer {expired}"})
+            elif kind == 6:
+                form = {"grant_type": random.choice(["password", "client_credentials"]), "client_id": "x", "client_secret": "y"}
+                r = requests.post(f"{rest}/oauth/tokens", data=form)
+            elif kind == 7:
+                r = requests.get(f"{rest}/namespaces/bronze/tables/customers", headers=auth)
+            elif kind == 8:
+                r = requests.delete(f"{rest}/namespaces/silver/tables/customers?purgeRequested=true", headers=auth)
+            else:
+                r = requests.get(f"{rest}/namespaces/a%1Fb/tables", headers=auth)
+            sent += 1
+            if r.status_code < 400:
+                unexpected.append(f"rest #{i} kind {kind}: {r.status_code} {r.text[:200]}")
+        except requests.RequestException as e:
+            unexpected.append(f"rest #{i} kind {kind}: {e}")
+    return {"sent": sent, "unexpected": unexpected}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--http", required=True)
@@ -200,6 +241,7 @@ def main():
     args = p.parse_args()
     out = {
         "http": http_door(args.http, args.key, args.expired_jwt, args.count),
+        "rest": rest_door(args.http, args.key, args.expired_jwt, args.count),
         "pgwire": pg_door(args.pgwire, args.user, args.key, args.count),
         "flight": flight_door(args.flight, args.user, args.key, args.count),
     }

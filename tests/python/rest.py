@@ -79,14 +79,14 @@ def main():
     p.add_argument("--users", required=True, help="JSON: {name: key}")
     p.add_argument("--reads", required=True, help="JSON: [{table, columns}] to read")
     p.add_argument("--scratch", required=True, help="a folder outside the warehouse")
-    p.add_argument("--warehouse-dir", required=True, help="the warehouse's folder")
+    p.add_argument("--warehouse-url", required=True, help="file:///<dir> or s3://bucket/prefix")
     a = p.parse_args()
     with open(a.users) as f:
         users = json.load(f)
     with open(a.reads) as f:
         reads = json.load(f)
     uri = f"{a.http}/iceberg"
-    eve, ana = users["eve"], users["ana"]
+    eve, ana, sam, max_ = users["eve"], users["ana"], users["sam"], users["max"]
     out = {}
 
     from pyiceberg.catalog.rest import RestCatalog
@@ -110,6 +110,10 @@ def main():
     by_token = RestCatalog("bitvelocity", uri=uri, token=eve)
     by_oauth = RestCatalog("bitvelocity", uri=uri, credential=f"eve:{eve}")
     out["engineer_namespaces"] = sorted(".".join(n) for n in by_token.list_namespaces())
+    loaded = requests.get(
+        f"{uri}/v1/namespaces/silver/tables/customers", headers=bearer(eve), timeout=30
+    ).json()
+    out["load_config_keys"] = sorted(loaded["config"])
     out["pyiceberg_token"] = pyiceberg_reads(by_token, reads)
     out["pyiceberg_oauth"] = pyiceberg_reads(by_oauth, reads)
 
@@ -129,6 +133,14 @@ def main():
     schema = Schema(
         NestedField(1, "id", LongType(), required=False),
         NestedField(2, "note", StringType(), required=False),
+    )
+    # A role that may write everything still may not write the platform's namespaces.
+    admin = RestCatalog("bitvelocity", uri=uri, token=max_)
+    out["admin_create_in_silver"] = error_class(lambda: admin.create_table("silver.mine", schema))
+    out["admin_drop_silver_table"] = error_class(lambda: admin.drop_table("silver.customers"))
+    out["admin_create_bronze_namespace"] = error_class(lambda: admin.create_namespace("bronze"))
+    out["admin_silver_properties"] = error_class(
+        lambda: admin.update_namespace_properties("silver", updates={"x": "y"})
     )
     out["create_in_silver"] = error_class(lambda: by_token.create_table("silver.mine", schema))
     out["create_in_bronze"] = error_class(lambda: by_token.create_table("bronze.mine", schema))
@@ -168,12 +180,16 @@ def main():
     out["add_file_outside_warehouse"] = error_class(
         lambda: by_token.load_table("sandbox.notes").add_files([f"file://{outside}"])
     )
-    # A file planted inside the warehouse, but in another table's folder.
-    planted = os.path.join(a.warehouse_dir, "silver", "customers", "data", "planted.parquet")
-    os.makedirs(os.path.dirname(planted), exist_ok=True)
-    pq.write_table(batch([(8, "planted")]), planted)
+    # A file planted inside the warehouse, but in another table's folder (written with the
+    # storage access the catalog handed out, as any client could).
+    io = by_token.load_table("sandbox.notes").io
+    planted = f"{a.warehouse_url}/silver/customers/data/planted.parquet"
+    if planted.startswith("file://"):
+        os.makedirs(os.path.dirname(planted.removeprefix("file://")), exist_ok=True)
+    with io.new_output(planted).create(overwrite=True) as f:
+        pq.write_table(batch([(8, "planted")]), f)
     out["add_other_tables_file"] = error_class(
-        lambda: by_token.load_table("sandbox.notes").add_files([f"file://{planted}"])
+        lambda: by_token.load_table("sandbox.notes").add_files([planted])
     )
     # Raw commits: a wrong table uuid, and a manifest list outside the table.
     current = requests.get(f"{uri}/v1/namespaces/sandbox/tables/notes", headers=bearer(eve), timeout=30).json()
@@ -241,6 +257,37 @@ def main():
     out["duckdb_oauth"] = duck_reads(duck, "lake_oauth", reads)
     out["duckdb_analyst"] = duck_reads(duck, "lake_ana", reads)
 
+    # Tampering after the commit, with the storage access a writer has: metadata rewritten
+    # to name silver's location, or to point at silver's manifest list. The doors read
+    # neither (a sandbox-only reader sees no silver row), and a purge deletes none of
+    # silver's files.
+    silver_list = by_token.load_table("silver.customers").metadata.current_snapshot().manifest_list
+    sandboxer = {"name": "sandboxer", "sql": "SELECT count(*) FROM sandbox.notes"}
+    out["sandboxer_notes"] = http_case(a.http, sam, sandboxer)
+    for name, tamper in [
+        ("tampered_location", lambda m: m.update(location=silver_location)),
+        ("tampered_manifest_list", lambda m: [
+            s.update({"manifest-list": silver_list})
+            for s in m["snapshots"] if s["snapshot-id"] == m["current-snapshot-id"]
+        ]),
+    ]:
+        silver_location = by_token.load_table("silver.customers").metadata.location
+        t = by_token.create_table(f"sandbox.{name}", schema)
+        t.append(batch([(1, "x")]))
+        t = by_token.load_table(f"sandbox.{name}")
+        path = t.metadata_location
+        with io.new_input(path).open() as f:
+            meta = json.loads(f.read())
+        tamper(meta)
+        with io.new_output(path).create(overwrite=True) as f:
+            f.write(json.dumps(meta).encode())
+        case = {"name": name, "sql": f"SELECT * FROM sandbox.{name}"}
+        out[f"{name}_http"] = http_case(a.http, sam, case)
+        by_token.purge_table(f"sandbox.{name}")
+    out["silver_list_after_purges"] = io.new_input(silver_list).exists()
+    out["silver_rows_after_purges"] = len(by_token.load_table("silver.customers").scan().to_arrow())
+    io.delete(planted)
+
     # Cleaning up: a namespace with tables is not dropped; a purged table is gone.
     out["drop_nonempty_namespace"] = error_class(lambda: by_token.drop_namespace("sandbox"))
     scratch = by_token.create_table("sandbox.scratch", schema)
@@ -248,9 +295,8 @@ def main():
     data_files = [t.file.file_path for t in scratch.scan().plan_files()]
     by_token.purge_table("sandbox.scratch")
     out["scratch_exists_after_purge"] = by_token.table_exists("sandbox.scratch")
-    out["scratch_data_files_left"] = sum(
-        os.path.exists(f.removeprefix("file://")) for f in data_files
-    )
+    out["scratch_data_files"] = len(data_files)
+    out["scratch_data_files_left"] = sum(io.new_input(f).exists() for f in data_files)
     json.dump(out, sys.stdout)
 
 

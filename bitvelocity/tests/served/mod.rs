@@ -32,21 +32,33 @@ impl Drop for Served {
     }
 }
 
-/// Starts `bitvelocity serve` on `warehouse` with `config` on free ports, with `env` added
-/// to its environment, once it has named every door.
+/// Starts `bitvelocity serve` on the local warehouse `warehouse` with `config` on free
+/// ports, with `env` added to its environment, once it has named every door.
 pub fn serve(
     warehouse: &std::path::Path,
     config: &std::path::Path,
     env: &[(&str, &str)],
 ) -> Served {
+    let args = ["--warehouse".to_string(), warehouse.display().to_string()];
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    serve_with(&args, config, &env)
+}
+
+/// Starts `bitvelocity serve` with the warehouse arguments `warehouse_args` (a warehouse and
+/// maybe a catalog) and `env` added to its environment.
+pub fn serve_with(
+    warehouse_args: &[String],
+    config: &std::path::Path,
+    env: &[(&str, String)],
+) -> Served {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bitvelocity"))
-        .args(["serve", "--warehouse"])
-        .arg(warehouse)
+        .arg("serve")
+        .args(warehouse_args)
         .arg("--config")
         .arg(config)
         .args(["--http", "127.0.0.1:0", "--flight", "127.0.0.1:0"])
         .args(["--pgwire", "127.0.0.1:0"])
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start bitvelocity serve");

@@ -191,8 +191,11 @@ impl<C: ChangeSource, S: ChangeSink> Pipeline<C, S> {
     /// budget, or any other error, ends it.
     pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<IngestReport> {
         let mut retry = lakehouse::Retry::reconnect();
-        // A source that was never reached is a configuration error, reported at once.
+        // A source that was never reached is a configuration error, reported at once...
         let mut ever_ran = false;
+        // ...except a slot still held by a session going away (a restart right after a
+        // stop): that is released within moments, so it is waited for, a bounded while.
+        let mut slot_release = lakehouse::Retry::slot_release();
         let mut result = loop {
             self.metrics.set_phase(IngestPhase::Starting);
             let commits_before = self.metrics.commits.load(Ordering::Relaxed);
@@ -207,6 +210,21 @@ impl<C: ChangeSource, S: ChangeSink> Pipeline<C, S> {
                 Ok(None) => continue,
                 Ok(Some(report)) => break Ok(report),
                 Err(e) if ever_ran && e.is_retryable() && !*shutdown.borrow() => e,
+                Err(e) if e.is_slot_in_use() && !*shutdown.borrow() => {
+                    let Some(pause) = slot_release.next_pause() else {
+                        tracing::error!(error = %e, "the replication slot stayed in use by another session; giving up");
+                        break Err(e);
+                    };
+                    tracing::warn!(error = %e, ?pause, "the replication slot is still in use; waiting for its session to end");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        Ok(()) = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        break Err(e);
+                    }
+                    continue;
+                }
                 Err(e) => break Err(e),
             };
             if self.metrics.commits.load(Ordering::Relaxed) > commits_before {

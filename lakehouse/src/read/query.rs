@@ -16,7 +16,6 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionConfig;
 use iceberg::spec::SnapshotRef;
 use iceberg::table::Table;
-use iceberg_datafusion::IcebergCatalogProvider;
 
 use crate::scan::ParallelTable;
 
@@ -142,9 +141,7 @@ async fn open_with(
     } else {
         None
     };
-    let provider = IcebergCatalogProvider::try_new(catalog.clone())
-        .await
-        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let others = super::confined::client_schemas(catalog.as_ref(), &shown).await?;
     let tables = load_tables(catalog.as_ref()).await?;
     ctx.register_udtf(
         "as_of",
@@ -155,15 +152,10 @@ async fn open_with(
     );
     if !consistent {
         // Bronze and silver through the parallel scan, at the snapshot current now; any
-        // other namespace through iceberg-datafusion.
+        // other namespace through iceberg-datafusion, confined to each table's folder.
         let current = MemoryCatalogProvider::new();
-        for name in provider.schema_names() {
-            if name == BRONZE_NAMESPACE || name == SILVER_NAMESPACE {
-                continue;
-            }
-            if let Some(schema) = provider.schema(&name) {
-                current.register_schema(&name, filtered(&name, schema, options))?;
-            }
+        for (name, schema) in others {
+            current.register_schema(&name, schema)?;
         }
         for ns in [BRONZE_NAMESPACE, SILVER_NAMESPACE] {
             let schema = Arc::new(MemorySchemaProvider::new());
@@ -184,14 +176,18 @@ async fn open_with(
     };
     // Every schema as the catalog has it, except silver: each table pinned at `lsn`.
     let pinned = MemoryCatalogProvider::new();
-    for name in provider.schema_names() {
-        if name == SILVER_NAMESPACE {
-            continue;
-        }
-        if let Some(schema) = provider.schema(&name) {
-            pinned.register_schema(&name, filtered(&name, schema, options))?;
+    for (name, schema) in others {
+        pinned.register_schema(&name, schema)?;
+    }
+    let bronze = Arc::new(MemorySchemaProvider::new());
+    for (name, table) in tables.iter().filter(|(n, _)| shown(n)) {
+        if let Some(short) = name.strip_prefix("bronze.") {
+            let p = ParallelTable::try_new(table.clone(), None)
+                .map_err(LakehouseError::iceberg(name))?;
+            bronze.register_table(short.to_string(), Arc::new(p))?;
         }
     }
+    pinned.register_schema(BRONZE_NAMESPACE, bronze)?;
     let silver = Arc::new(MemorySchemaProvider::new());
     // A table whose capture stopped is not at `lsn`: leave it out rather than mislead.
     for (name, table) in tables.iter().filter(|(n, _)| shown(n)) {
@@ -294,67 +290,6 @@ fn snapshot_at_position(table: &Table, lsn: u64) -> Result<Option<i64>> {
         }
     }
     Ok(None)
-}
-
-/// `schema` of namespace `ns`, showing only the tables `options` let the session see.
-fn filtered(
-    ns: &str,
-    schema: Arc<dyn SchemaProvider>,
-    options: &SessionOptions,
-) -> Arc<dyn SchemaProvider> {
-    match &options.visible {
-        None => schema,
-        Some(visible) => Arc::new(FilteredSchema {
-            namespace: ns.to_string(),
-            inner: schema,
-            visible: visible.clone(),
-        }),
-    }
-}
-
-/// A schema showing only some of its tables.
-struct FilteredSchema {
-    namespace: String,
-    inner: Arc<dyn SchemaProvider>,
-    visible: Visible,
-}
-
-impl std::fmt::Debug for FilteredSchema {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilteredSchema")
-            .field("namespace", &self.namespace)
-            .finish()
-    }
-}
-
-impl FilteredSchema {
-    fn shows(&self, table: &str) -> bool {
-        (self.visible)(&format!("{}.{table}", self.namespace))
-    }
-}
-
-#[async_trait::async_trait]
-impl SchemaProvider for FilteredSchema {
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn table_names(&self) -> Vec<String> {
-        let mut names = self.inner.table_names();
-        names.retain(|t| self.shows(t));
-        names
-    }
-
-    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        if !self.shows(name) {
-            return Ok(None);
-        }
-        self.inner.table(name).await
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        self.shows(name) && self.inner.table_exist(name)
-    }
 }
 
 /// `as_of(table, snapshot id | timestamp)`: a table as one of its snapshots saw it.

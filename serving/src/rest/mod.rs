@@ -157,35 +157,54 @@ impl RestCatalog {
         namespace_ident(text)
     }
 
+    /// Whether `who` may see namespace `ns`: it may change the whole namespace, or it may
+    /// see one of its tables. An unknown namespace is seen only by who may create it, so
+    /// its existence leaks to no one else.
+    async fn sees_namespace(&self, who: &Principal, ns: &NamespaceIdent) -> bool {
+        if self.owns_namespace(who, ns) {
+            return true;
+        }
+        match self.catalog.list_tables(ns).await {
+            Ok(tables) => tables.iter().any(|t| self.may_see_table(who, t).is_ok()),
+            Err(_) => false,
+        }
+    }
+
     /// Refuses `who` a namespace it may not see; 403 whether or not it exists.
-    fn may_see_namespace(&self, who: &Principal, ns: &NamespaceIdent) -> Result<()> {
-        let name = ns_name(ns);
-        if who.grants.can_see_namespace(&name) {
+    async fn may_see_namespace(&self, who: &Principal, ns: &NamespaceIdent) -> Result<()> {
+        if self.sees_namespace(who, ns).await {
             Ok(())
         } else {
-            Err(ServingError::NamespaceDenied(name))
+            Err(ServingError::NamespaceDenied(ns_name(ns)))
         }
+    }
+
+    /// Whether `who` holds a grant of the whole namespace `ns` outside the platform's.
+    fn owns_namespace(&self, who: &Principal, ns: &NamespaceIdent) -> bool {
+        let name = ns_name(ns);
+        !PLATFORM_NAMESPACES.contains(&name.as_str()) && who.grants.can_write_namespace(&name)
     }
 
     /// Refuses `who` changes to a namespace.
     fn may_write_namespace(&self, who: &Principal, ns: &NamespaceIdent) -> Result<()> {
-        self.may_see_namespace(who, ns)?;
         let name = ns_name(ns);
         if PLATFORM_NAMESPACES.contains(&name.as_str()) {
             return Err(ServingError::NotAllowed(format!(
                 "namespace {name} is written by the platform only"
             )));
         }
-        if !who.grants.can_write_namespace(&name) {
+        if !self.owns_namespace(who, ns) {
             return Err(ServingError::NamespaceDenied(name));
         }
         Ok(())
     }
 
-    /// Refuses `who` a table it may neither read nor write; 403 whether or not it exists.
+    /// Refuses `who` a table it may not read (a write grant counts outside the platform's
+    /// namespaces); 403 whether or not it exists.
     fn may_see_table(&self, who: &Principal, table: &TableIdent) -> Result<()> {
         let name = table_name(table);
-        if who.grants.can_read(&name) || who.grants.can_write(&name) {
+        let platform = PLATFORM_NAMESPACES.contains(&ns_name(table.namespace()).as_str());
+        if who.grants.can_read(&name) || (!platform && who.grants.can_write(&name)) {
             Ok(())
         } else {
             Err(ServingError::PermissionDenied(name))

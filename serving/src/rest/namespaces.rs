@@ -14,6 +14,9 @@ use serde_json::json;
 use super::{Answer, PLATFORM_NAMESPACES, RestCatalog, from_iceberg, ns_name};
 use crate::ServingError;
 
+/// Names the SQL doors use for their own catalogs (grants are not checked in them).
+const RESERVED_NAMES: [&str; 2] = ["information_schema", "pg_catalog"];
+
 /// Namespace properties a client may not set: where tables go is the warehouse's choice.
 const FIXED_PROPERTIES: [&str; 1] = ["location"];
 
@@ -27,7 +30,15 @@ pub(super) async fn list(
     if let Some(parent) = q.get("parent").filter(|p| !p.is_empty()) {
         // One level only: a visible parent has no children.
         let parent = rc.namespace(parent)?;
-        rc.may_see_namespace(&who, &parent)?;
+        rc.may_see_namespace(&who, &parent).await?;
+        if !rc
+            .catalog
+            .namespace_exists(&parent)
+            .await
+            .map_err(|e| from_iceberg(&ns_name(&parent), e))?
+        {
+            return Err(ServingError::NoSuchNamespace(ns_name(&parent)).into());
+        }
         return Ok(axum::Json(json!({ "namespaces": [] })).into_response());
     }
     let all = rc
@@ -35,11 +46,12 @@ pub(super) async fn list(
         .list_namespaces(None)
         .await
         .map_err(|e| from_iceberg("namespaces", e))?;
-    let mut shown: Vec<Vec<String>> = all
-        .iter()
-        .filter(|ns| who.grants.can_see_namespace(&ns_name(ns)))
-        .map(|ns| ns.as_ref().clone())
-        .collect();
+    let mut shown: Vec<Vec<String>> = Vec::new();
+    for ns in &all {
+        if rc.sees_namespace(&who, ns).await {
+            shown.push(ns.as_ref().clone());
+        }
+    }
     shown.sort();
     Ok(axum::Json(json!({ "namespaces": shown })).into_response())
 }
@@ -66,19 +78,25 @@ fn check_properties<'a>(keys: impl IntoIterator<Item = &'a String>) -> crate::Re
 
 /// A name this catalog creates (namespaces and tables become folders of the warehouse).
 pub(super) fn check_new_name(kind: &str, name: &str) -> crate::Result<()> {
+    // Lower case only: SQL folds unquoted names to it, and a case-insensitive file system
+    // must not see `Silver` as `silver`.
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         && !name.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ServingError::BadRequest(format!(
-            "{kind} name {name:?}: use 1 to 128 letters, digits, `_` or `-` (not first)"
-        )))
+    if !ok {
+        return Err(ServingError::BadRequest(format!(
+            "{kind} name {name:?}: use 1 to 128 lower-case letters, digits, `_` or `-` (not first)"
+        )));
     }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(ServingError::NotAllowed(format!(
+            "{kind} name {name:?} is reserved for the SQL doors' own catalogs"
+        )));
+    }
+    Ok(())
 }
 
 /// `POST /v1/namespaces`.
@@ -121,7 +139,7 @@ pub(super) async fn load(
 ) -> Answer {
     let who = rc.who(&headers)?;
     let ns = rc.namespace(&namespace)?;
-    rc.may_see_namespace(&who, &ns)?;
+    rc.may_see_namespace(&who, &ns).await?;
     let found = rc
         .catalog
         .get_namespace(&ns)
@@ -142,7 +160,7 @@ pub(super) async fn exists(
 ) -> Answer {
     let who = rc.who(&headers)?;
     let ns = rc.namespace(&namespace)?;
-    rc.may_see_namespace(&who, &ns)?;
+    rc.may_see_namespace(&who, &ns).await?;
     let found = rc
         .catalog
         .namespace_exists(&ns)

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::namespaces::check_new_name;
-use super::{Answer, RestCatalog, from_iceberg, guard, table_name};
+use super::{Answer, RestCatalog, RestFailure, from_iceberg, guard, table_name};
 use crate::ServingError;
 
 /// `{"metadata-location", "metadata", "config"}` of `table`.
@@ -43,7 +43,7 @@ pub(super) async fn list(
 ) -> Answer {
     let who = rc.who(&headers)?;
     let ns = rc.namespace(&namespace)?;
-    rc.may_see_namespace(&who, &ns)?;
+    rc.may_see_namespace(&who, &ns).await?;
     let mut shown: Vec<TableIdent> = rc
         .catalog
         .list_tables(&ns)
@@ -236,10 +236,30 @@ pub(super) async fn commit(
         ))
         .into());
     }
+    // Run to its end even if the client goes away: a commit stopped between writing its
+    // metadata and learning the swap's outcome would leave that outcome unknown to all.
+    let rc2 = rc.clone();
+    let user = who.user.clone();
+    tokio::spawn(async move { commit_table(&rc2, &user, table, request).await })
+        .await
+        .map_err(|e| ServingError::CommitOutcomeUnknown(format!("the commit task ended: {e}")))?
+        .map_err(RestFailure::from)
+}
+
+/// How many times a commit is tried again after another writer moved the table first.
+const COMMIT_ATTEMPTS: usize = 4;
+
+/// The commit's work, on its own task.
+async fn commit_table(
+    rc: &RestCatalog,
+    user: &str,
+    table: TableIdent,
+    request: CommitTable,
+) -> crate::Result<Response> {
     let what = table_name(&table);
     let mut checked = HashSet::new();
     let mut race = Retry::commit_race();
-    loop {
+    for attempt in 0.. {
         let current = rc
             .catalog
             .load_table(&table)
@@ -251,8 +271,12 @@ pub(super) async fn commit(
                 .map_err(|e| ServingError::CommitConflict(e.message().to_string()))?;
         }
         guard::check_updates(&current, &request.updates, &mut checked).await?;
-        // Applied once here so a bad update is the client's error (400), not the commit's.
-        apply(&current, &request.updates)?;
+        // Applied once here so a bad update is the client's error (400), not the commit's;
+        // after another writer committed, it is that race's (409: reload and retry).
+        apply(&current, &request.updates).map_err(|e| match e {
+            ServingError::BadRequest(m) if attempt > 0 => ServingError::CommitConflict(m),
+            other => other,
+        })?;
         let updates = request.updates.clone();
         let outcome = rc
             .commit
@@ -265,26 +289,31 @@ pub(super) async fn commit(
             .await;
         match outcome {
             Ok(committed) => {
-                tracing::info!(user = %who.user, table = %what, "commit through the REST catalog");
+                tracing::info!(user, table = %what, "commit through the REST catalog");
                 return Ok(axum::Json(json!({
                     "metadata-location": committed.metadata_location(),
                     "metadata": committed.metadata(),
                 }))
                 .into_response());
             }
-            Err(CatalogError::CommitConflict { .. }) if race.pause().await => continue,
+            Err(CatalogError::CommitConflict { .. })
+                if attempt + 1 < COMMIT_ATTEMPTS && race.pause().await =>
+            {
+                continue;
+            }
             Err(CatalogError::CommitConflict { source, .. }) => {
-                return Err(ServingError::CommitConflict(source.to_string()).into());
+                return Err(ServingError::CommitConflict(source.to_string()));
             }
             Err(e) if e.may_have_committed() => {
-                return Err(ServingError::CommitOutcomeUnknown(e.to_string()).into());
+                return Err(ServingError::CommitOutcomeUnknown(e.to_string()));
             }
             Err(CatalogError::TableNotFound { .. }) => {
-                return Err(ServingError::NoSuchTable(what).into());
+                return Err(ServingError::NoSuchTable(what));
             }
-            Err(e) => return Err(ServingError::Catalog(e).into()),
+            Err(e) => return Err(ServingError::Catalog(e)),
         }
     }
+    unreachable!("the loop returns")
 }
 
 /// The metadata `updates` make of `table`'s, or why they cannot apply.
@@ -319,12 +348,62 @@ pub(super) async fn drop(
     let purge = q
         .get("purgeRequested")
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let done = if purge {
-        rc.catalog.purge_table(&table).await
+    // Loaded before the drop, and read through a `FileIO` confined to the folder the
+    // catalog keeps it in: whatever its files name, only that folder's files are deleted.
+    let doomed = if purge {
+        let loaded = rc
+            .catalog
+            .load_table(&table)
+            .await
+            .map_err(|e| from_iceberg(&what, e))?;
+        Some(confined(&loaded)?)
     } else {
-        rc.catalog.drop_table(&table).await
+        None
     };
-    done.map_err(|e| from_iceberg(&what, e))?;
-    tracing::info!(user = %who.user, table = %what, purge, "table dropped");
+    let rc2 = rc.clone();
+    let user = who.user.clone();
+    // On its own task: a client going away does not stop it halfway.
+    tokio::spawn(async move {
+        rc2.catalog
+            .drop_table(&table)
+            .await
+            .map_err(|e| from_iceberg(&what, e))?;
+        tracing::info!(user, table = %what, purge, "table dropped");
+        if let Some(doomed) = doomed
+            && let Err(e) = iceberg::drop_table_data(&doomed).await
+        {
+            // Unregistered already: what was not deleted is an orphan, not an error.
+            tracing::warn!(table = %what, error = %e, "purging the dropped table's files stopped");
+        }
+        Ok::<_, ServingError>(())
+    })
+    .await
+    .map_err(|e| ServingError::Door {
+        door: "http",
+        message: format!("dropping a table: {e}"),
+    })??;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `table` with a `FileIO` confined to the folder its catalog pointer lies in.
+fn confined(table: &Table) -> crate::Result<Table> {
+    let pointer = table.metadata_location().unwrap_or_default();
+    let folder = pointer
+        .rsplit_once("/metadata/")
+        .map(|(f, _)| f)
+        .unwrap_or_default();
+    if folder.is_empty() {
+        return Err(ServingError::NotAllowed(format!(
+            "{} has no metadata folder to purge",
+            table.identifier()
+        )));
+    }
+    Table::builder()
+        .metadata(table.metadata().clone())
+        .metadata_location(pointer.to_string())
+        .identifier(table.identifier().clone())
+        .file_io(catalog::storage::confined_file_io(table.file_io(), folder))
+        .runtime(iceberg::Runtime::current())
+        .build()
+        .map_err(|e| ServingError::Iceberg(Box::new(e)))
 }
