@@ -280,6 +280,10 @@ vend_credentials = {vend}
         ("admin_create_bronze_namespace", json!("ForbiddenError")),
         ("admin_silver_properties", json!("ForbiddenError")),
         ("silver_list_after_purges", json!(true)),
+        // Tampered to name silver's location: no commit reads anything through it.
+        ("tampered_location_commit", json!(403)),
+        // Still in its folder: a commit touching no file goes through.
+        ("tampered_manifest_list_commit", json!(200)),
         ("silver_rows_after_purges", json!(customers.len())),
         ("create_in_bronze", json!("ForbiddenError")),
         ("drop_silver_table", json!("ForbiddenError")),

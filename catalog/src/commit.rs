@@ -357,10 +357,15 @@ impl CommitPath {
                     Ok(Some(p)) if p == location => break true,
                     Ok(Some(p)) => match published_before(file_io, &p, &location, ours).await {
                         Ok(true) => break true,
-                        // Not found in the current metadata's history, which may have been
-                        // trimmed (`write.metadata.previous-versions-max`) or may name no
-                        // snapshot of ours: still in doubt, never a plain conflict (a caller
-                        // would then redo a commit that may have applied, or delete its files).
+                        // Our snapshot is not in the current metadata: had our swap applied,
+                        // it would be (no expiry removes a snapshot seconds old), so this is
+                        // a conflict like any other.
+                        Ok(false) if ours.is_some() => break false,
+                        // A commit without a snapshot of its own is known only by its
+                        // metadata file in the history, which may have been trimmed
+                        // (`write.metadata.previous-versions-max`): still in doubt, never a
+                        // plain conflict (a caller would redo or clean up after a commit that
+                        // may have applied).
                         Ok(false) => {
                             tracing::error!(table = %name, metadata = %location, current = %p, "commit outcome unknown: ours is not in the history of the current metadata");
                             return Err(CatalogError::CommitOutcomeUnknown {

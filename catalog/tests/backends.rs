@@ -163,6 +163,32 @@ impl PointerStore for LostAck {
     }
 }
 
+/// A commit path whose first swap never reaches the database, while another writer commits
+/// a row delta on table `name` before the retry.
+async fn overtaken_before_retry(
+    wh: &Warehouse,
+    catalog: Arc<dyn Catalog>,
+    name: &str,
+) -> CommitPath {
+    let overtaker = (catalog, wh.commit_path().await.unwrap());
+    let name = name.to_string();
+    let mut store = LostAck::new(
+        wh.catalog_url().pointers().await.unwrap(),
+        Some(Box::new(move || {
+            Box::pin(async move {
+                let (catalog, commits) = overtaker;
+                let base = catalog.load_table(&ident(&name)).await.unwrap();
+                commits
+                    .commit_row_delta(catalog.as_ref(), &base, delta("meanwhile"))
+                    .await
+                    .expect("another writer commits meanwhile");
+            })
+        })),
+    );
+    store.never_sent = true;
+    CommitPath::new(Arc::new(store))
+}
+
 /// A catalog database that cannot be reached at all.
 #[derive(Debug)]
 struct Unreachable;
@@ -428,31 +454,33 @@ async fn suite(b: Backend) {
     let reloaded = after;
 
     // A swap that failed without an answer (here: never applied), and another writer moved
-    // the pointer before the retry: ours is not in the new history, but that history can be
-    // trimmed, so the outcome stays unknown: never a conflict a caller would redo or clean
-    // up after.
-    let overtaker = (catalog.clone(), wh.commit_path().await.unwrap());
-    let mut never_sent = LostAck::new(
-        wh.catalog_url().pointers().await.unwrap(),
-        Some(Box::new(move || {
-            Box::pin(async move {
-                let (catalog, commits) = overtaker;
-                let base = catalog.load_table(&ident("commits")).await.unwrap();
-                commits
-                    .commit_row_delta(catalog.as_ref(), &base, delta("meanwhile"))
-                    .await
-                    .expect("another writer commits meanwhile");
-            })
-        })),
-    );
-    never_sent.never_sent = true;
-    let e = CommitPath::new(Arc::new(never_sent))
+    // the pointer before the retry. A row delta is then a plain conflict (had it applied,
+    // its snapshot would be in the current metadata); a metadata-only commit is known only
+    // by its file in the metadata history, which can be trimmed, so it stays unknown: never
+    // a conflict a caller would redo or clean up after.
+    let e = overtaken_before_retry(wh, catalog.clone(), "commits")
+        .await
         .commit_row_delta(catalog.as_ref(), &reloaded, delta("in-doubt"))
         .await
         .unwrap_err();
     assert!(
+        e.is_conflict(),
+        "a row delta with no snapshot in the history: {e}"
+    );
+    let reloaded = catalog.load_table(&ident("commits")).await.unwrap();
+    let e = overtaken_before_retry(wh, catalog.clone(), "commits")
+        .await
+        .commit_metadata(catalog.as_ref(), &reloaded, |b| {
+            b.set_properties(HashMap::from([(
+                "suite.in-doubt".to_string(),
+                "1".to_string(),
+            )]))
+        })
+        .await
+        .unwrap_err();
+    assert!(
         e.may_have_committed() && !e.is_conflict(),
-        "an in-doubt swap overtaken by another writer is unknown, not a conflict: {e}"
+        "a metadata-only commit in doubt and overtaken is unknown, not a conflict: {e}"
     );
     let reloaded = catalog.load_table(&ident("commits")).await.unwrap();
 

@@ -283,6 +283,13 @@ def main():
             f.write(json.dumps(meta).encode())
         case = {"name": name, "sql": f"SELECT * FROM sandbox.{name}"}
         out[f"{name}_http"] = http_case(a.http, sam, case)
+        # A commit on top of tampered metadata is refused before any file it names is read.
+        out[f"{name}_commit"] = requests.post(
+            f"{uri}/v1/namespaces/sandbox/tables/{name}",
+            headers=bearer(eve),
+            json={"requirements": [], "updates": [{"action": "set-properties", "updates": {"k": "v"}}]},
+            timeout=30,
+        ).status_code
         by_token.purge_table(f"sandbox.{name}")
     out["silver_list_after_purges"] = io.new_input(silver_list).exists()
     out["silver_rows_after_purges"] = len(by_token.load_table("silver.customers").scan().to_arrow())

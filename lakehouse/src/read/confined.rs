@@ -7,7 +7,9 @@
 //! the platform only), never from the metadata file, which a client with storage access may
 //! have rewritten: a table whose metadata names another location is left out, and no
 //! manifest can make the session read a file outside the folder (another table's, or one
-//! outside the warehouse; symbolic links on local disk included).
+//! outside the warehouse). On local disk a symbolic link on the way is refused when the file
+//! is opened; a writer with access to the warehouse's file system who swaps links between
+//! that check and the read is not stopped (local warehouses trust their writers).
 
 use std::sync::Arc;
 

@@ -164,10 +164,10 @@ async fn check_snapshot(
         .map_err(|e| unreadable("manifest list", e))?;
     for manifest in list.entries() {
         let path = &manifest.manifest_path;
+        check_inside(root, path, "manifest")?;
         if trusted.contains(path) || checked.contains(path) {
             continue;
         }
-        check_inside(root, path, "manifest")?;
         let read = manifest
             .load_manifest(table.file_io())
             .await

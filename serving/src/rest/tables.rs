@@ -260,11 +260,14 @@ async fn commit_table(
     let mut checked = HashSet::new();
     let mut race = Retry::commit_race();
     for attempt in 0.. {
-        let current = rc
+        let loaded = rc
             .catalog
             .load_table(&table)
             .await
             .map_err(|e| from_iceberg(&what, e))?;
+        // Every file of the commit is read (and written) through storage confined to the
+        // folder the catalog pointer names, whatever the metadata file says of itself.
+        let current = confined(&loaded)?;
         for requirement in &request.requirements {
             requirement
                 .check(Some(current.metadata()))
@@ -356,7 +359,14 @@ pub(super) async fn drop(
             .load_table(&table)
             .await
             .map_err(|e| from_iceberg(&what, e))?;
-        Some(confined(&loaded)?)
+        match confined(&loaded) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Its metadata was rewritten: unregister it, delete nothing it names.
+                tracing::warn!(table = %what, error = %e, "purge deletes no files");
+                None
+            }
+        }
     } else {
         None
     };
@@ -385,17 +395,19 @@ pub(super) async fn drop(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `table` with a `FileIO` confined to the folder its catalog pointer lies in.
+/// `table` with a `FileIO` confined to the folder its catalog pointer lies in, refused when
+/// its metadata names another location (rewritten behind the catalog's back).
 fn confined(table: &Table) -> crate::Result<Table> {
     let pointer = table.metadata_location().unwrap_or_default();
     let folder = pointer
         .rsplit_once("/metadata/")
         .map(|(f, _)| f)
         .unwrap_or_default();
-    if folder.is_empty() {
+    if folder.is_empty() || table.metadata().location().trim_end_matches('/') != folder {
         return Err(ServingError::NotAllowed(format!(
-            "{} has no metadata folder to purge",
-            table.identifier()
+            "{}: its metadata names location {}, the catalog keeps it in {folder}",
+            table.identifier(),
+            table.metadata().location()
         )));
     }
     Table::builder()
