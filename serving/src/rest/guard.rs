@@ -24,52 +24,17 @@ const PATH_PROPERTIES: [&str; 4] = [
     "write.folder-storage.path",
 ];
 
-/// Refuses `path` unless it lies under `root` (ending in `/`) without any `.`, `..` or
-/// empty segment, plainly or percent-encoded, and without backslashes.
+/// Refuses `path` unless it lies under `root` (ending in `/`), as
+/// [`catalog::storage::lies_within`] decides (no `.`, `..` or empty segment, plainly or
+/// percent-encoded).
 pub(super) fn check_inside(root: &str, path: &str, what: &str) -> Result<()> {
-    let outside = || {
-        ServingError::NotAllowed(format!(
+    if catalog::storage::lies_within(root.trim_end_matches('/'), path) {
+        Ok(())
+    } else {
+        Err(ServingError::NotAllowed(format!(
             "{what} {path} lies outside the table's location {root}"
-        ))
-    };
-    let rest = path.strip_prefix(root).ok_or_else(outside)?;
-    if rest.is_empty() || rest.contains('\\') || rest.contains('\0') {
-        return Err(outside());
+        )))
     }
-    for segment in rest.split('/') {
-        let decoded = percent_decoded(segment);
-        if segment.is_empty()
-            || decoded == "."
-            || decoded == ".."
-            || decoded.contains('/')
-            || decoded.contains('\\')
-        {
-            return Err(outside());
-        }
-    }
-    Ok(())
-}
-
-/// `segment` with its `%XX` escapes decoded (bytes that are not UTF-8 kept as `?`).
-fn percent_decoded(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Refuses path properties outside `root`.
@@ -224,13 +189,5 @@ mod tests {
             "file:///wh/silver/orders/metadata".to_string(),
         );
         assert!(check_properties(ROOT, &props).is_err());
-    }
-
-    #[test]
-    fn percent_decoding_decodes_escapes_only() {
-        assert_eq!(percent_decoded("%2e%2E"), "..");
-        assert_eq!(percent_decoded("a%2"), "a%2");
-        assert_eq!(percent_decoded("100%"), "100%");
-        assert_eq!(percent_decoded("x%zz"), "x%zz");
     }
 }
