@@ -76,15 +76,20 @@ impl IntoResponse for ServingError {
         let body = serde_json::json!({
             "error": { "code": self.code(), "message": self.to_string() }
         });
-        let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        response
+        error_response(status, body)
     }
+}
+
+/// A JSON error answer; a 401 also names the scheme to authenticate with (RFC 9110).
+pub(crate) fn error_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
 }
 
 /// The caller, from `Authorization: Bearer <key>` or `X-API-Key: <key>` (a key or a JWT).

@@ -312,14 +312,7 @@ impl IntoResponse for RestFailure {
         let body = json!({
             "error": { "message": e.to_string(), "type": kind, "code": status.as_u16() }
         });
-        let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        response
+        crate::http::error_response(status, body)
     }
 }
 
