@@ -195,7 +195,7 @@ fn cpu_secs_of_stat(stat: &str) -> Option<f64> {
 }
 
 /// `VmHWM` (peak resident set) of a `/proc/<pid>/status` text, in bytes.
-fn vm_hwm(status: &str) -> Option<u64> {
+pub fn vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_copy;
 mod bench_proc;
+mod bench_serve;
 mod bench_silver;
 mod demo;
 mod inspect;
@@ -338,6 +339,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 500)]
         txn_changes: u64,
     },
+    /// What each door of `bitvelocity serve` adds: a one-row query by key from 1 and 16
+    /// clients, and a large result streamed, next to the engine in-process and PostgreSQL.
+    Serve {
+        /// Rows of the table the one-row query reads.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Rows of the large result (6 columns).
+        #[arg(long, default_value_t = 5_000_000)]
+        stream_rows: u64,
+        /// Seconds each latency run lasts.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Concurrent clients of the latency runs.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        clients: Vec<usize>,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -512,6 +529,24 @@ async fn main() {
                 memory_limit,
                 rounds,
                 s3,
+            })
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Serve {
+                    rows,
+                    stream_rows,
+                    secs,
+                    clients,
+                },
+        } => {
+            init_tracing("warn");
+            bench_serve::serve(bench_serve::ServeBenchConfig {
+                rows: rows.max(1),
+                stream_rows: stream_rows.max(1),
+                secs: secs.max(1),
+                clients: clients.into_iter().map(|c| c.max(1)).collect(),
             })
             .await
         }

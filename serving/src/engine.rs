@@ -88,6 +88,7 @@ impl QueryEngine {
             let slot = self.admit().await?;
             let planned = self.plan(who, sql, options.clone()).await?;
             let tables = planned.tables.clone();
+            let position = planned.position;
             let df = planned.ctx.execute_logical_plan(planned.plan).await?;
             let df = if params.is_empty() {
                 df
@@ -95,10 +96,10 @@ impl QueryEngine {
                 df.with_param_values(ParamValues::from(params))?
             };
             let stream = df.execute_stream().await?;
-            Ok::<_, ServingError>((slot, stream, tables))
+            Ok::<_, ServingError>((slot, stream, tables, position))
         };
         let secs = self.limits.query_timeout_secs;
-        let (slot, mut inner, tables) = tokio::time::timeout_at(deadline, work)
+        let (slot, mut inner, tables, position) = tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| ServingError::Timeout(secs))??;
         let schema = inner.schema();
@@ -138,6 +139,7 @@ impl QueryEngine {
         Ok(QueryStream {
             schema,
             tables,
+            position,
             rx,
             end,
             timeout_secs: secs,
@@ -238,7 +240,7 @@ impl QueryEngine {
             tokio::time::Instant::now() + Duration::from_secs(self.limits.query_timeout_secs);
         let work = async {
             let _slot = self.admit().await?;
-            let ctx = self.session(who, QueryOptions::default()).await?;
+            let (ctx, _) = self.session(who, QueryOptions::default()).await?;
             let mut out = Vec::new();
             let Some(catalog) = ctx.catalog(CATALOG_NAME) else {
                 return Ok(out);
@@ -271,29 +273,38 @@ impl QueryEngine {
             .map_err(|_| ServingError::Timeout(self.limits.query_timeout_secs))?
     }
 
-    /// A session showing only what `who` may read, bounded by the query memory limit.
+    /// A session showing only what `who` may read, bounded by the query memory limit, with
+    /// the source position it reads every silver table at when `options` ask for a
+    /// consistent read.
     async fn session(
         &self,
         who: &Principal,
         options: QueryOptions,
-    ) -> Result<datafusion::prelude::SessionContext> {
+    ) -> Result<(datafusion::prelude::SessionContext, Option<u64>)> {
         let grants = who.grants.clone();
         let visible: Visible = Arc::new(move |t: &str| grants.can_read(t));
         let session_options = SessionOptions {
-            consistent: false,
+            consistent: options.consistent,
             memory_bytes: Some((self.limits.memory_limit_mb as usize) << 20),
             visible: Some(visible),
         };
-        let (ctx, _) = open_session(self.catalog.clone(), session_options).await?;
+        let (ctx, position) = open_session(self.catalog.clone(), session_options)
+            .await
+            .map_err(|e| match e {
+                lakehouse::LakehouseError::NoConsistentPosition(why) => {
+                    ServingError::NoConsistentPosition(why)
+                }
+                e => e.into(),
+            })?;
         if let Some(hook) = &options.hook {
             hook.install(&ctx)?;
         }
-        Ok(ctx)
+        Ok((ctx, position))
     }
 
     /// `sql` parsed, checked to be a query, planned and authorized on its resolved plan.
     async fn plan(&self, who: &Principal, sql: &str, options: QueryOptions) -> Result<Planned> {
-        let ctx = self.session(who, options).await?;
+        let (ctx, position) = self.session(who, options).await?;
         let state = ctx.state();
         let statement = state.sql_to_statement(sql, &datafusion::config::Dialect::PostgreSQL)?;
         refuse_non_queries(&statement)?;
@@ -309,7 +320,12 @@ impl QueryEngine {
             .verify_plan(&plan)
             .map_err(|e| ServingError::NotAllowed(e.strip_backtrace()))?;
         let tables = check_plan(who, &plan)?;
-        Ok(Planned { ctx, plan, tables })
+        Ok(Planned {
+            ctx,
+            plan,
+            tables,
+            position,
+        })
     }
 }
 
@@ -318,6 +334,9 @@ impl QueryEngine {
 pub struct QueryOptions {
     /// Adds what a door's clients expect to each session (PostgreSQL's `pg_catalog`).
     pub hook: Option<Arc<dyn SessionHook>>,
+    /// Read every silver table at the one source position the ingester last published
+    /// (as `bitvelocity sql --consistent`), so a join never sees half a source transaction.
+    pub consistent: bool,
 }
 
 /// Something a door adds to each of its query sessions, after the lakehouse tables and
@@ -332,6 +351,8 @@ struct Planned {
     ctx: datafusion::prelude::SessionContext,
     plan: LogicalPlan,
     tables: Vec<String>,
+    /// The source position of a consistent read.
+    position: Option<u64>,
 }
 
 /// A statement's shape: what it answers and the parameters it takes.
@@ -466,6 +487,7 @@ const TIMED_OUT: u8 = 3;
 pub struct QueryStream {
     schema: SchemaRef,
     tables: Vec<String>,
+    position: Option<u64>,
     rx: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
     end: Arc<AtomicU8>,
     timeout_secs: u64,
@@ -481,6 +503,11 @@ impl QueryStream {
     /// The tables the query reads, as `namespace.table`.
     pub fn tables(&self) -> &[String] {
         &self.tables
+    }
+
+    /// The source position (PostgreSQL LSN) a consistent read reads silver at.
+    pub fn position(&self) -> Option<u64> {
+        self.position
     }
 }
 

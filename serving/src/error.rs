@@ -102,6 +102,9 @@ pub enum ServingError {
     /// The lakehouse could not open the tables.
     #[error(transparent)]
     Lakehouse(#[from] lakehouse::LakehouseError),
+    /// A consistent read was asked for before the ingester published a position.
+    #[error("no consistent read yet: {0}")]
+    NoConsistentPosition(String),
     /// A Flight SQL message could not be made or read.
     #[error("Flight SQL: {0}")]
     Flight(#[from] arrow_flight::error::FlightError),
@@ -143,6 +146,7 @@ impl ServingError {
             ServingError::ResourcesExhausted(_) => "resources_exhausted",
             ServingError::ShuttingDown => "shutting_down",
             ServingError::Timeout(_) => "timeout",
+            ServingError::NoConsistentPosition(_) => "no_consistent_position",
             ServingError::NotAllowed(_) => "not_allowed",
             ServingError::BadRequest(_) => "bad_request",
             ServingError::Query(_) => "query_error",

@@ -42,7 +42,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, Principal};
-use crate::engine::QueryEngine;
+use crate::engine::{QueryEngine, QueryOptions};
 use crate::observed::Observed;
 use crate::{Result, ServingError};
 
@@ -127,9 +127,15 @@ impl FlightDoor {
         who: &Principal,
         sql: &str,
         params: Vec<ScalarValue>,
+        consistent: bool,
     ) -> Result<crate::engine::Described, Status> {
         let started = Instant::now();
-        self.engine.describe(who, sql, params).await.map_err(|e| {
+        let options = QueryOptions {
+            consistent,
+            ..Default::default()
+        };
+        let described = self.engine.describe_with(who, sql, params, options).await;
+        described.map_err(|e| {
             self.engine
                 .metrics()
                 .query_done("flight", &who.user, e.code(), started.elapsed());
@@ -153,13 +159,22 @@ impl FlightDoor {
                 return Err(status(e));
             }
         };
-        let query = match self.engine.execute(&who, &handle.sql, params).await {
+        let options = QueryOptions {
+            consistent: handle.consistent,
+            ..Default::default()
+        };
+        let query = match self
+            .engine
+            .execute_with(&who, &handle.sql, params, options)
+            .await
+        {
             Ok(q) => q,
             Err(e) => {
                 metrics.query_done("flight", &who.user, e.code(), started.elapsed());
                 return Err(status(e));
             }
         };
+        let position = query.position();
         let observed = Observed::new(query, metrics.clone(), "flight", &who, started);
         let schema = observed.schema();
         let counted = observed.bytes();
@@ -175,7 +190,16 @@ impl FlightDoor {
                 }
                 item.map_err(Status::from)
             });
-        Ok(Response::new(Box::pin(data)))
+        let mut response: Response<<Self as FlightService>::DoGetStream> =
+            Response::new(Box::pin(data));
+        if let Some(lsn) =
+            position.and_then(|p| MetadataValue::try_from(ingestion::Lsn(p).to_string()).ok())
+        {
+            response
+                .metadata_mut()
+                .insert(crate::http::POSITION_HEADER, lsn);
+        }
+        Ok(response)
     }
 
     /// A catalog listing's `FlightInfo`, for an authenticated caller: its ticket is the
@@ -255,29 +279,62 @@ pub fn status(e: ServingError) -> Status {
         ServingError::Busy { .. } | ServingError::ResourcesExhausted(_) => {
             Status::resource_exhausted(message)
         }
-        ServingError::ShuttingDown => Status::unavailable(message),
+        ServingError::ShuttingDown | ServingError::NoConsistentPosition(_) => {
+            Status::unavailable(message)
+        }
         ServingError::Timeout(_) => Status::deadline_exceeded(message),
         ServingError::BadRequest(_) | ServingError::Query(_) => Status::invalid_argument(message),
         _ => Status::internal(message),
     }
 }
 
-/// A statement as a ticket or prepared-statement handle carries it: the SQL and, once
-/// bound, one row of parameters as an Arrow IPC stream.
+/// A statement as a ticket or prepared-statement handle carries it: the SQL, whether it
+/// reads consistently and, once bound, one row of parameters as an Arrow IPC stream.
 #[derive(Debug, Clone, PartialEq)]
 struct Handle {
     sql: String,
     params: Option<Vec<u8>>,
+    consistent: bool,
 }
 
 /// Marks a handle this server made (and its layout's version).
 const HANDLE_MAGIC: &[u8; 4] = b"BVq1";
+/// The same layout, for a consistent read.
+const CONSISTENT_HANDLE_MAGIC: &[u8; 4] = b"BVc1";
+
+/// The call header asking for a consistent read (`true` or `false`).
+pub const CONSISTENT_HEADER: &str = "x-bitvelocity-consistent";
+
+/// Whether `request` asks for a consistent read. The header's last value counts: clients
+/// such as ADBC add a value each time the option is set instead of replacing it.
+#[allow(clippy::result_large_err)]
+fn wants_consistent<T>(request: &Request<T>) -> Result<bool, Status> {
+    match request
+        .metadata()
+        .get_all(CONSISTENT_HEADER)
+        .iter()
+        .next_back()
+    {
+        None => Ok(false),
+        Some(v) => match v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            Ok("true" | "on" | "1") => Ok(true),
+            Ok("false" | "off" | "0") => Ok(false),
+            _ => Err(Status::invalid_argument(format!(
+                "{CONSISTENT_HEADER} takes true or false"
+            ))),
+        },
+    }
+}
 
 impl Handle {
     fn encode(&self) -> Vec<u8> {
         let params = self.params.as_deref().unwrap_or_default();
         let mut out = Vec::with_capacity(8 + self.sql.len() + params.len());
-        out.extend_from_slice(HANDLE_MAGIC);
+        out.extend_from_slice(if self.consistent {
+            CONSISTENT_HANDLE_MAGIC
+        } else {
+            HANDLE_MAGIC
+        });
         out.extend_from_slice(&(self.sql.len() as u32).to_le_bytes());
         out.extend_from_slice(self.sql.as_bytes());
         out.extend_from_slice(params);
@@ -286,13 +343,25 @@ impl Handle {
 
     fn decode(bytes: &[u8]) -> Result<Self> {
         let bad = || ServingError::BadRequest("not a statement handle of this server".into());
-        let rest = bytes.strip_prefix(HANDLE_MAGIC).ok_or_else(bad)?;
+        let (consistent, rest) = match bytes.strip_prefix(HANDLE_MAGIC) {
+            Some(rest) => (false, rest),
+            None => (
+                true,
+                bytes
+                    .strip_prefix(CONSISTENT_HANDLE_MAGIC)
+                    .ok_or_else(bad)?,
+            ),
+        };
         let (len, rest) = rest.split_at_checked(4).ok_or_else(bad)?;
         let len = u32::from_le_bytes(len.try_into().map_err(|_| bad())?) as usize;
         let (sql, params) = rest.split_at_checked(len).ok_or_else(bad)?;
         let sql = std::str::from_utf8(sql).map_err(|_| bad())?.to_string();
         let params = (!params.is_empty()).then(|| params.to_vec());
-        Ok(Self { sql, params })
+        Ok(Self {
+            sql,
+            params,
+            consistent,
+        })
     }
 
     /// The bound parameters as values, `$1` first.
@@ -398,10 +467,14 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = self.principal(&request)?;
-        let described = self.describe(&who, &query.query, Vec::new()).await?;
+        let consistent = wants_consistent(&request)?;
+        let described = self
+            .describe(&who, &query.query, Vec::new(), consistent)
+            .await?;
         let handle = Handle {
             sql: query.query,
             params: None,
+            consistent,
         };
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode().into(),
@@ -420,7 +493,8 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let who = self.principal(&request)?;
-        let handle = handle_from(&ticket.statement_handle)?;
+        let mut handle = handle_from(&ticket.statement_handle)?;
+        handle.consistent |= wants_consistent(&request)?;
         self.answer(who, handle).await
     }
 
@@ -430,7 +504,10 @@ impl FlightSqlService for FlightDoor {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let who = self.principal(&request)?;
-        let described = self.describe(&who, &query.query, Vec::new()).await?;
+        let consistent = wants_consistent(&request)?;
+        let described = self
+            .describe(&who, &query.query, Vec::new(), consistent)
+            .await?;
         let parameters = if described.parameters.is_empty() {
             Default::default()
         } else {
@@ -445,6 +522,7 @@ impl FlightSqlService for FlightDoor {
         let handle = Handle {
             sql: query.query,
             params: None,
+            consistent,
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode().into(),
@@ -459,7 +537,8 @@ impl FlightSqlService for FlightDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         self.principal(&request)?;
-        let handle = handle_from(&query.prepared_statement_handle)?;
+        let mut handle = handle_from(&query.prepared_statement_handle)?;
+        handle.consistent |= wants_consistent(&request)?;
         let data = request
             .into_inner()
             .map_err(|s| FlightError::Tonic(Box::new(s)));
@@ -507,6 +586,7 @@ impl FlightSqlService for FlightDoor {
         let bound = Handle {
             sql: handle.sql,
             params: Some(ipc_bytes(&row).map_err(status)?),
+            consistent: handle.consistent,
         };
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(bound.encode().into()),
@@ -519,12 +599,19 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = self.principal(&request)?;
-        let handle = handle_from(&query.prepared_statement_handle)?;
+        let mut handle = handle_from(&query.prepared_statement_handle)?;
+        handle.consistent |= wants_consistent(&request)?;
         let params = handle.params().map_err(status)?;
-        let described = self.describe(&who, &handle.sql, params).await?;
+        let described = self
+            .describe(&who, &handle.sql, params, handle.consistent)
+            .await?;
+        // The ticket carries the handle as asked for now (consistent or not).
+        let ticket = CommandPreparedStatementQuery {
+            prepared_statement_handle: handle.encode().into(),
+        };
         let info = Self::info_for(
             &described.schema,
-            query.as_any().encode_to_vec(),
+            ticket.as_any().encode_to_vec(),
             request.into_inner(),
         )?;
         Ok(Response::new(info))
@@ -536,7 +623,8 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let who = self.principal(&request)?;
-        let handle = handle_from(&query.prepared_statement_handle)?;
+        let mut handle = handle_from(&query.prepared_statement_handle)?;
+        handle.consistent |= wants_consistent(&request)?;
         self.answer(who, handle).await
     }
 
@@ -704,8 +792,15 @@ mod tests {
         let plain = Handle {
             sql: "SELECT 1".into(),
             params: None,
+            consistent: false,
         };
         assert_eq!(Handle::decode(&plain.encode()).unwrap(), plain);
+        let consistent = Handle {
+            consistent: true,
+            ..plain.clone()
+        };
+        assert_eq!(Handle::decode(&consistent.encode()).unwrap(), consistent);
+        assert_ne!(consistent.encode(), plain.encode());
         let batch = RecordBatch::try_from_iter([(
             "$1",
             Arc::new(arrow::array::Int64Array::from(vec![7])) as arrow::array::ArrayRef,
@@ -714,6 +809,7 @@ mod tests {
         let bound = Handle {
             sql: "SELECT $1".into(),
             params: Some(ipc_bytes(&batch).unwrap()),
+            consistent: true,
         };
         let back = Handle::decode(&bound.encode()).unwrap();
         assert_eq!(back, bound);
@@ -730,6 +826,7 @@ mod tests {
         let junk = Handle {
             sql: "SELECT $1".into(),
             params: Some(b"not arrow".to_vec()),
+            consistent: false,
         };
         assert!(Handle::decode(&junk.encode()).unwrap().params().is_err());
     }

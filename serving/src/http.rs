@@ -17,12 +17,16 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use crate::auth::{Authenticator, Principal};
-use crate::engine::{QueryEngine, QueryStream};
+use crate::engine::{QueryEngine, QueryOptions, QueryStream};
 use crate::observed::Observed;
 use crate::{Result, ServingError};
 
 /// The Arrow IPC stream media type.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// The answer header naming the source position (PostgreSQL LSN) a consistent read read
+/// silver at (HTTP and Flight SQL).
+pub const POSITION_HEADER: &str = "x-bitvelocity-position";
 
 /// What the HTTP door shares with its handlers.
 #[derive(Clone)]
@@ -58,6 +62,9 @@ struct SqlRequest {
     sql: String,
     #[serde(default)]
     params: Vec<serde_json::Value>,
+    /// Read every silver table at one source position.
+    #[serde(default)]
+    consistent: bool,
 }
 
 impl IntoResponse for ServingError {
@@ -67,6 +74,7 @@ impl IntoResponse for ServingError {
             ServingError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ServingError::Busy { .. }
             | ServingError::ResourcesExhausted(_)
+            | ServingError::NoConsistentPosition(_)
             | ServingError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServingError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ServingError::NotAllowed(_) => StatusCode::FORBIDDEN,
@@ -123,6 +131,7 @@ async fn sql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) ->
     match start(&state, &who, &headers, &body).await {
         Ok((stream, arrow)) => {
             let max_rows = state.engine.limits().max_json_rows;
+            let position = stream.position().map(|p| ingestion::Lsn(p).to_string());
             let stream = Observed::new(stream, metrics.clone(), "http", &who, started);
             let counted = stream.bytes();
             let body = if arrow {
@@ -143,7 +152,12 @@ async fn sql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) ->
             } else {
                 "application/json"
             };
-            ([(header::CONTENT_TYPE, media)], Body::from_stream(body)).into_response()
+            let mut response =
+                ([(header::CONTENT_TYPE, media)], Body::from_stream(body)).into_response();
+            if let Some(position) = position.and_then(|p| header::HeaderValue::try_from(p).ok()) {
+                response.headers_mut().insert(POSITION_HEADER, position);
+            }
+            response
         }
         Err(e) => {
             metrics.query_done("http", &who.user, e.code(), started.elapsed());
@@ -191,7 +205,14 @@ async fn start(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains(ARROW_STREAM));
-    let stream = state.engine.execute(who, &request.sql, params).await?;
+    let options = QueryOptions {
+        consistent: request.consistent,
+        ..Default::default()
+    };
+    let stream = state
+        .engine
+        .execute_with(who, &request.sql, params, options)
+        .await?;
     Ok((stream, arrow))
 }
 

@@ -84,6 +84,11 @@ impl Listeners {
             match &tls {
                 None => {
                     let signal = stopped(shutdown.clone());
+                    // Small answers go out as written: without TCP_NODELAY, an answer's
+                    // second write waits for the client's delayed ACK (40 ms on Linux).
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     doors.spawn(async move {
                         axum::serve(listener, router)
                             .with_graceful_shutdown(signal)
@@ -171,6 +176,7 @@ async fn serve_https(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((socket, _)) = accepted else { continue };
+                let _ = socket.set_nodelay(true);
                 let (acceptor, router) = (acceptor.clone(), router.clone());
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(

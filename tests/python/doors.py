@@ -34,6 +34,8 @@ def http_case(base, key, case):
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     body = {"sql": case["sql"], "params": case.get("params", [])}
+    if case.get("consistent"):
+        body["consistent"] = True
     r = requests.post(
         f"{base}/v1/sql", json=body, headers=headers, timeout=60, verify=TLS_CA or True
     )
@@ -41,7 +43,10 @@ def http_case(base, key, case):
     if "error" in doc:
         return {"error": {"kind": doc["error"]["code"], "message": doc["error"]["message"]}}
     names = [c["name"] for c in doc["columns"]]
-    return {"rows": [[text(row[n]) for n in names] for row in doc["rows"]]}
+    return {
+        "rows": [[text(row[n]) for n in names] for row in doc["rows"]],
+        "position": r.headers.get("x-bitvelocity-position"),
+    }
 
 
 # ADBC status codes as the doors' error kinds.
@@ -83,9 +88,16 @@ def flight_connect(uri, user, key):
     return flight_sql.connect(uri, db_kwargs=kwargs, autocommit=True)
 
 
+# The call header asking the Flight SQL door for a consistent read.
+CONSISTENT_HEADER = "adbc.flight.sql.rpc.call_header.x-bitvelocity-consistent"
+
+
 def flight_case(conn, case):
     import adbc_driver_manager
 
+    consistent = bool(case.get("consistent"))
+    if consistent:
+        conn.adbc_connection.set_options(**{CONSISTENT_HEADER: "true"})
     try:
         cur = conn.cursor()
         params = case.get("params")
@@ -98,6 +110,9 @@ def flight_case(conn, case):
         return {"rows": [[text(v) for v in row] for row in rows]}
     except adbc_driver_manager.Error as e:
         return adbc_error(e)
+    finally:
+        if consistent:
+            conn.adbc_connection.set_options(**{CONSISTENT_HEADER: "false"})
 
 
 def flight_catalog(conn):
@@ -162,13 +177,20 @@ def pg_case(conn, case):
         # psycopg binds `%s` server-side (extended protocol); the cases use `$n` in order.
         for i in range(len(params), 0, -1):
             sql = sql.replace(f"${i}", "%s")
+    consistent = bool(case.get("consistent"))
     try:
         with conn.cursor() as cur:
+            if consistent:
+                cur.execute("SET bitvelocity.consistent_reads = on")
             cur.execute(sql, params)
             rows = cur.fetchall()
         return {"rows": [[text(v) for v in row] for row in rows]}
     except psycopg.Error as e:
         return {"error": {"kind": pg_kind(e.sqlstate), "message": str(e)}}
+    finally:
+        if consistent:
+            with conn.cursor() as cur:
+                cur.execute("SET bitvelocity.consistent_reads = off")
 
 
 def varint(n):

@@ -11,6 +11,7 @@ mod startup;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -96,6 +97,8 @@ impl PgDoor {
                             continue;
                         }
                     };
+                    // Answers go out as written, not held for the client's delayed ACK.
+                    let _ = socket.set_nodelay(true);
                     let connection = match Connection::new(self.clone()) {
                         Ok(c) => c,
                         Err(e) => {
@@ -128,6 +131,7 @@ impl Connection {
         let catalog = catalog::ConnectionCatalog::new(door.statics.clone())?;
         let options = QueryOptions {
             hook: Some(Arc::new(catalog)),
+            consistent: false,
         };
         Ok(Self {
             login: Arc::new(startup::Login::new(door.clone(), principal.clone())),
@@ -136,6 +140,7 @@ impl Connection {
                     door,
                     principal,
                     options,
+                    consistent: AtomicBool::new(false),
                 }),
             }),
         })
@@ -168,9 +173,17 @@ enum Statement {
     },
     Begin,
     End(&'static str),
-    Set,
+    /// A setting: ours (`bitvelocity.consistent_reads`) changes this connection's reads;
+    /// PostgreSQL's are accepted and change nothing.
+    Set(Option<bool>),
     Show(String, String),
+    /// `SHOW bitvelocity.consistent_reads`, answered when it runs.
+    ShowConsistent,
 }
+
+/// The setting that makes a connection's queries read every silver table at one source
+/// position (as `bitvelocity sql --consistent`).
+pub const CONSISTENT_SETTING: &str = "bitvelocity.consistent_reads";
 
 /// Parses statements for one connection's user.
 struct Parser {
@@ -178,9 +191,19 @@ struct Parser {
     principal: Arc<OnceLock<Principal>>,
     /// This connection's sessions (with its `pg_catalog`).
     options: QueryOptions,
+    /// `SET bitvelocity.consistent_reads`, as last run on this connection.
+    consistent: AtomicBool,
 }
 
 impl Parser {
+    /// This connection's session options as its settings stand now.
+    fn options(&self) -> QueryOptions {
+        QueryOptions {
+            consistent: self.consistent.load(Ordering::Relaxed),
+            ..self.options.clone()
+        }
+    }
+
     fn who(&self) -> PgWireResult<&Principal> {
         self.principal
             .get()
@@ -200,7 +223,13 @@ impl Parser {
                 Sql::StartTransaction { .. } => Statement::Begin,
                 Sql::Commit { .. } => Statement::End("COMMIT"),
                 Sql::Rollback { .. } => Statement::End("ROLLBACK"),
-                Sql::Set(_) => Statement::Set,
+                Sql::Set(set) => Statement::Set(our_setting(set)?),
+                Sql::ShowVariable { variable }
+                    if variable.len() == 1
+                        && variable[0].value.eq_ignore_ascii_case(CONSISTENT_SETTING) =>
+                {
+                    Statement::ShowConsistent
+                }
                 Sql::ShowVariable { variable } => {
                     let name = variable
                         .iter()
@@ -220,7 +249,7 @@ impl Parser {
                     let described = self
                         .door
                         .engine
-                        .describe_with(who, &sql, Vec::new(), self.options.clone())
+                        .describe_with(who, &sql, Vec::new(), self.options())
                         .await
                         .map_err(pg_error)?;
                     Statement::Query {
@@ -248,7 +277,7 @@ impl Parser {
         let query = match self
             .door
             .engine
-            .execute_with(&who, sql, params, self.options.clone())
+            .execute_with(&who, sql, params, self.options())
             .await
         {
             Ok(q) => q,
@@ -283,6 +312,41 @@ impl Parser {
                 }
             });
         Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+}
+
+/// `Some(on)` when `set` changes `bitvelocity.consistent_reads`; `None` for PostgreSQL's
+/// own settings (accepted, changing nothing); an error for any other `bitvelocity.` one or
+/// a value that is not a boolean.
+fn our_setting(set: &datafusion::sql::sqlparser::ast::Set) -> PgWireResult<Option<bool>> {
+    use datafusion::sql::sqlparser::ast::Set;
+    let Set::SingleAssignment {
+        variable, values, ..
+    } = set
+    else {
+        return Ok(None);
+    };
+    let name = variable.to_string().to_lowercase();
+    if !name.starts_with("bitvelocity.") {
+        return Ok(None);
+    }
+    if name != CONSISTENT_SETTING {
+        return Err(user_error(
+            "42704",
+            format!("unrecognized configuration parameter \"{name}\""),
+        ));
+    }
+    let value = match values.as_slice() {
+        [v] => v.to_string().trim_matches('\'').to_lowercase(),
+        _ => String::new(),
+    };
+    match value.as_str() {
+        "on" | "true" | "1" | "yes" => Ok(Some(true)),
+        "off" | "false" | "0" | "no" | "default" => Ok(Some(false)),
+        _ => Err(user_error(
+            "22023",
+            format!("{CONSISTENT_SETTING} takes on or off"),
+        )),
     }
 }
 
@@ -381,8 +445,17 @@ impl Queries {
             Statement::Empty => Response::EmptyQuery,
             Statement::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Statement::End(tag) => Response::TransactionEnd(Tag::new(tag)),
-            Statement::Set => Response::Execution(Tag::new("SET")),
+            Statement::Set(ours) => {
+                if let Some(on) = ours {
+                    self.parser.consistent.store(*on, Ordering::Relaxed);
+                }
+                Response::Execution(Tag::new("SET"))
+            }
             Statement::Show(name, value) => show(name, value)?,
+            Statement::ShowConsistent => {
+                let on = self.parser.consistent.load(Ordering::Relaxed);
+                show(CONSISTENT_SETTING, if on { "on" } else { "off" })?
+            }
             Statement::Query { sql, .. } => {
                 self.parser.answer(sql, params, format, options).await?
             }
@@ -531,6 +604,7 @@ fn pg_error(e: ServingError) -> PgWireError {
         ServingError::Busy { .. } => "53300",
         ServingError::ResourcesExhausted(_) => "53200",
         ServingError::ShuttingDown => "57P01",
+        ServingError::NoConsistentPosition(_) => "55000",
         ServingError::Timeout(_) => "57014",
         ServingError::BadRequest(_) => "22023",
         ServingError::Query(inner) => match inner.find_root() {
