@@ -22,14 +22,16 @@ use datafusion::common::ParamValues;
 use datafusion::sql::sqlparser::ast::Statement as Sql;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::{Sink, StreamExt};
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::PgWireConnectionState;
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_query_response};
 use pgwire::api::results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::extendedquery::Execute;
 use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -528,6 +530,49 @@ impl ExtendedQueryHandler for Queries {
 
     fn query_parser(&self) -> Arc<Parser> {
         self.parser.clone()
+    }
+
+    /// pgwire's own `Execute` collects every row of the portal before sending any when the
+    /// client asks for all of them (`max_rows` 0, as psycopg, JDBC and tokio-postgres do): a
+    /// large answer would sit whole in server memory. A query run whole here streams its
+    /// rows as they are produced instead; a portal read in pieces (which pgwire holds at most
+    /// `max_rows` of) and every other statement take pgwire's path.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(pgwire::api::DEFAULT_NAME);
+        let portal = client.portal_store().get_portal(name);
+        let streamed = match &portal {
+            Some(p) if message.max_rows == 0 => {
+                matches!(p.statement.statement, Statement::Query { .. })
+                    && matches!(*p.state().lock().await, PortalExecutionState::Initial)
+            }
+            _ => false,
+        };
+        let (true, Some(portal)) = (streamed, portal) else {
+            return self._on_execute(client, message).await;
+        };
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        // Run once: executing the portal again answers no rows, as pgwire's path does.
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        let Response::Query(answer) =
+            ExtendedQueryHandler::do_query(self, client, &portal, 0).await?
+        else {
+            return Err(user_error(
+                "XX000",
+                "a query answered something other than rows".into(),
+            ));
+        };
+        send_query_response(client, answer, false).await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
     }
 
     async fn do_query<C>(
