@@ -163,6 +163,7 @@ async fn doors(tls: bool) {
         .unwrap();
     assert!(report.stopped.is_empty(), "{report:?}");
     let customers_now = pg_text(&client, "SELECT id, email FROM customers ORDER BY id").await;
+    let (rows_then, rows_now) = (customers_then.clone(), customers_now.clone());
     // The window between an ingest batch's table commits and its consistent position
     // (or a crash inside it): every table is ahead of the position last published. Here
     // the position is put back where the first run left it, and tables are ahead by a
@@ -513,6 +514,12 @@ audience = "bitvelocity"
                 if let Err(why) = matches(&want, &doors[user]["hand_made_ticket"]) {
                     failures.push(format!("flight {user} hand-made ticket: {why}"));
                 }
+                // The ticket alone asks for the consistent read, without the call header.
+                checked += 1;
+                let got = &doors[user]["hand_made_consistent_ticket"];
+                if let Err(why) = matches(&Want::Rows(rows_then.clone()), got) {
+                    failures.push(format!("flight {user} consistent hand-made ticket: {why}"));
+                }
             }
             // The catalog probe a BI tool or notebook makes: only granted tables listed.
             for (user, tables) in [("ana", vec!["silver"]), ("eve", vec!["bronze", "silver"])] {
@@ -539,7 +546,7 @@ audience = "bitvelocity"
         failures.len(),
         failures.join("\n")
     );
-    assert_eq!(checked, 3 * 6 * cases.len() + 2);
+    assert_eq!(checked, 3 * 6 * cases.len() + 4);
     if !tls {
         hostile_input_leaves_the_server_answering(
             &served,
@@ -550,6 +557,7 @@ audience = "bitvelocity"
             &cases,
         );
         large_results_stream_through_the_postgres_door_in_bounded_memory(&served, &ana_key).await;
+        postgres_settings_choose_consistent_reads(&served, &ana_key, &rows_then, &rows_now).await;
     }
     let ca = tls_files.as_ref().map(|(cert, _)| cert.as_path());
     psql_lists_and_describes_granted_tables(&served.pgwire, &ana_key, &eve_key, ca);
@@ -720,6 +728,89 @@ async fn large_results_stream_through_the_postgres_door_in_bounded_memory(
             "the server held the result: RSS {before} KiB before, peak {peak} KiB (extended: {extended})"
         );
     }
+}
+
+/// `bitvelocity.consistent_reads` on a PostgreSQL connection behaves as a PostgreSQL
+/// setting: SHOW (both protocols), SET with quoted names, RESET and DISCARD ALL (what
+/// poolers send between clients) turn it off, SET LOCAL and unknown `bitvelocity.` names are
+/// refused, and a SET earlier in the same message applies to the query after it.
+async fn postgres_settings_choose_consistent_reads(
+    served: &Served,
+    ana_key: &str,
+    then: &[Vec<Option<String>>],
+    now: &[Vec<Option<String>>],
+) {
+    let (host, port) = served.pgwire.rsplit_once(':').unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(host)
+        .port(port.parse().unwrap())
+        .user("ana")
+        .password(ana_key)
+        .dbname("bitvelocity")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let read = "SELECT id, email FROM customers ORDER BY id";
+    async fn show(c: &tokio_postgres::Client) -> (String, String) {
+        let simple = pg_text(c, "SHOW bitvelocity.consistent_reads").await[0][0]
+            .clone()
+            .unwrap();
+        let extended: String = c
+            .query_one("SHOW bitvelocity.consistent_reads", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (simple, extended)
+    }
+    let on = ("on".to_string(), "on".to_string());
+    let off = ("off".to_string(), "off".to_string());
+    assert_eq!(show(&client).await, off);
+    assert_eq!(pg_text(&client, read).await, now);
+    client
+        .batch_execute("SET bitvelocity.consistent_reads = on")
+        .await
+        .unwrap();
+    assert_eq!(show(&client).await, on);
+    assert_eq!(pg_text(&client, read).await, then);
+    client
+        .batch_execute("RESET bitvelocity.consistent_reads")
+        .await
+        .unwrap();
+    assert_eq!(show(&client).await, off);
+    client
+        .batch_execute(r#"SET "bitvelocity"."consistent_reads" TO true"#)
+        .await
+        .unwrap();
+    assert_eq!(show(&client).await, on);
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(show(&client).await, off);
+    client
+        .batch_execute("SET bitvelocity.consistent_reads = on")
+        .await
+        .unwrap();
+    client.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(show(&client).await, off);
+    // One message: the SET applies to the query after it.
+    let together = pg_text(
+        &client,
+        &format!("SET bitvelocity.consistent_reads = on; {read}"),
+    )
+    .await;
+    assert_eq!(together, then);
+    client
+        .batch_execute("SET bitvelocity.consistent_reads = off")
+        .await
+        .unwrap();
+    for (sql, code) in [
+        ("SET LOCAL bitvelocity.consistent_reads = on", "0A000"),
+        ("SET bitvelocity.consistent_read = on", "42704"),
+        ("SET bitvelocity.consistent_reads = maybe", "22023"),
+    ] {
+        let e = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some(code), "{sql}: {e}");
+    }
+    assert_eq!(show(&client).await, off);
 }
 
 /// The server's peak resident memory since it was last reset, KiB.

@@ -305,20 +305,21 @@ const CONSISTENT_HANDLE_MAGIC: &[u8; 4] = b"BVc1";
 /// The call header asking for a consistent read (`true` or `false`).
 pub const CONSISTENT_HEADER: &str = "x-bitvelocity-consistent";
 
-/// Whether `request` asks for a consistent read. The header's last value counts: clients
-/// such as ADBC add a value each time the option is set instead of replacing it.
+/// Whether `request` asks for a consistent read (`None`: it does not say, and a handle's
+/// own choice stands). The header's last value counts: clients such as ADBC add a value
+/// each time the option is set instead of replacing it.
 #[allow(clippy::result_large_err)]
-fn wants_consistent<T>(request: &Request<T>) -> Result<bool, Status> {
+fn wants_consistent<T>(request: &Request<T>) -> Result<Option<bool>, Status> {
     match request
         .metadata()
         .get_all(CONSISTENT_HEADER)
         .iter()
         .next_back()
     {
-        None => Ok(false),
+        None => Ok(None),
         Some(v) => match v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-            Ok("true" | "on" | "1") => Ok(true),
-            Ok("false" | "off" | "0") => Ok(false),
+            Ok("true" | "on" | "1") => Ok(Some(true)),
+            Ok("false" | "off" | "0") => Ok(Some(false)),
             _ => Err(Status::invalid_argument(format!(
                 "{CONSISTENT_HEADER} takes true or false"
             ))),
@@ -467,7 +468,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = self.principal(&request)?;
-        let consistent = wants_consistent(&request)?;
+        let consistent = wants_consistent(&request)?.unwrap_or(false);
         let described = self
             .describe(&who, &query.query, Vec::new(), consistent)
             .await?;
@@ -494,7 +495,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let who = self.principal(&request)?;
         let mut handle = handle_from(&ticket.statement_handle)?;
-        handle.consistent |= wants_consistent(&request)?;
+        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
         self.answer(who, handle).await
     }
 
@@ -504,7 +505,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let who = self.principal(&request)?;
-        let consistent = wants_consistent(&request)?;
+        let consistent = wants_consistent(&request)?.unwrap_or(false);
         let described = self
             .describe(&who, &query.query, Vec::new(), consistent)
             .await?;
@@ -538,7 +539,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<DoPutPreparedStatementResult, Status> {
         self.principal(&request)?;
         let mut handle = handle_from(&query.prepared_statement_handle)?;
-        handle.consistent |= wants_consistent(&request)?;
+        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
         let data = request
             .into_inner()
             .map_err(|s| FlightError::Tonic(Box::new(s)));
@@ -600,7 +601,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<FlightInfo>, Status> {
         let who = self.principal(&request)?;
         let mut handle = handle_from(&query.prepared_statement_handle)?;
-        handle.consistent |= wants_consistent(&request)?;
+        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
         let params = handle.params().map_err(status)?;
         let described = self
             .describe(&who, &handle.sql, params, handle.consistent)
@@ -624,7 +625,7 @@ impl FlightSqlService for FlightDoor {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let who = self.principal(&request)?;
         let mut handle = handle_from(&query.prepared_statement_handle)?;
-        handle.consistent |= wants_consistent(&request)?;
+        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
         self.answer(who, handle).await
     }
 

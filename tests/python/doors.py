@@ -207,15 +207,15 @@ def pb_bytes(field, data):
     return varint((field << 3) | 2) + varint(len(data)) + data
 
 
-def hand_made_ticket(uri, user, key):
+def hand_made_ticket(uri, user, key, sql=b"SELECT count(*) FROM bronze.customers", magic=b"BVq1"):
     """A DoGet ticket made by the client, not by the server, reading bronze.customers:
-    the statement it carries is authorized like any other (a handle grants nothing)."""
+    the statement it carries is authorized like any other (a handle grants nothing). With
+    magic BVc1 the ticket itself asks for a consistent read (no call header is sent)."""
     import struct
 
     import pyarrow.flight as fl
 
-    sql = b"SELECT count(*) FROM bronze.customers"
-    handle = b"BVq1" + struct.pack("<I", len(sql)) + sql
+    handle = magic + struct.pack("<I", len(sql)) + sql
     any_msg = pb_bytes(
         1, b"type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery"
     ) + pb_bytes(2, pb_bytes(1, handle))
@@ -271,6 +271,9 @@ def main():
             answers["catalog"] = flight_catalog(conn)
             if isinstance(key, str):
                 answers["hand_made_ticket"] = hand_made_ticket(args.flight, user, key)
+                answers["hand_made_consistent_ticket"] = hand_made_ticket(
+                    args.flight, user, key, b"SELECT id, email FROM customers ORDER BY id", b"BVc1"
+                )
             conn.close()
             out["flight"][user] = answers
     if args.pgwire:

@@ -2,8 +2,9 @@
 //! engine, in sessions that add PostgreSQL's `pg_catalog` over the tables the user may read
 //! (so `psql`'s `\dt` and `\d`, psycopg and BI catalog probes work and list only granted
 //! tables); statements rewritten for PostgreSQL compatibility by `datafusion-pg-catalog`.
-//! Transactions are accepted and do nothing (everything is read-only); `SET` is accepted
-//! and ignored; `SHOW` answers the server's fixed settings.
+//! Transactions are accepted and do nothing (everything is read-only); `SET`, `RESET` and
+//! `DISCARD` change only `bitvelocity.consistent_reads` (PostgreSQL's own settings are
+//! accepted and ignored); `SHOW` answers the server's fixed settings and that one.
 
 mod catalog;
 mod scram;
@@ -177,7 +178,7 @@ enum Statement {
     End(&'static str),
     /// A setting: ours (`bitvelocity.consistent_reads`) changes this connection's reads;
     /// PostgreSQL's are accepted and change nothing.
-    Set(Option<bool>),
+    Set(Option<bool>, &'static str),
     Show(String, String),
     /// `SHOW bitvelocity.consistent_reads`, answered when it runs.
     ShowConsistent,
@@ -225,10 +226,31 @@ impl Parser {
                 Sql::StartTransaction { .. } => Statement::Begin,
                 Sql::Commit { .. } => Statement::End("COMMIT"),
                 Sql::Rollback { .. } => Statement::End("ROLLBACK"),
-                Sql::Set(set) => Statement::Set(our_setting(set)?),
+                Sql::Set(set) => Statement::Set(our_setting(set)?, "SET"),
+                // Back to the connection's defaults (poolers send these between clients).
+                Sql::Reset(reset) => {
+                    use datafusion::sql::sqlparser::ast::Reset;
+                    let ours = match &reset.reset {
+                        Reset::ALL => true,
+                        Reset::ConfigurationParameter(name) => {
+                            setting_name(&name.to_string()) == CONSISTENT_SETTING
+                        }
+                    };
+                    Statement::Set(ours.then_some(false), "RESET")
+                }
+                Sql::Discard { object_type } => {
+                    use datafusion::sql::sqlparser::ast::DiscardObject;
+                    let all = matches!(object_type, DiscardObject::ALL);
+                    Statement::Set(all.then_some(false), "DISCARD")
+                }
                 Sql::ShowVariable { variable }
-                    if variable.len() == 1
-                        && variable[0].value.eq_ignore_ascii_case(CONSISTENT_SETTING) =>
+                    if setting_name(
+                        &variable
+                            .iter()
+                            .map(|i| i.value.as_str())
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    ) == CONSISTENT_SETTING =>
                 {
                     Statement::ShowConsistent
                 }
@@ -321,14 +343,18 @@ impl Parser {
 /// own settings (accepted, changing nothing); an error for any other `bitvelocity.` one or
 /// a value that is not a boolean.
 fn our_setting(set: &datafusion::sql::sqlparser::ast::Set) -> PgWireResult<Option<bool>> {
+    use datafusion::sql::sqlparser::ast::ContextModifier;
     use datafusion::sql::sqlparser::ast::Set;
     let Set::SingleAssignment {
-        variable, values, ..
+        variable,
+        values,
+        scope,
+        ..
     } = set
     else {
         return Ok(None);
     };
-    let name = variable.to_string().to_lowercase();
+    let name = setting_name(&variable.to_string());
     if !name.starts_with("bitvelocity.") {
         return Ok(None);
     }
@@ -336,6 +362,16 @@ fn our_setting(set: &datafusion::sql::sqlparser::ast::Set) -> PgWireResult<Optio
         return Err(user_error(
             "42704",
             format!("unrecognized configuration parameter \"{name}\""),
+        ));
+    }
+    // Transactions do nothing here, so a setting cannot end with one: refuse rather than
+    // let it outlive the transaction the client meant.
+    if matches!(scope, Some(ContextModifier::Local)) {
+        return Err(user_error(
+            "0A000",
+            format!(
+                "SET LOCAL {CONSISTENT_SETTING} is not supported: use SET (it lasts until SET off, RESET or DISCARD ALL)"
+            ),
         ));
     }
     let value = match values.as_slice() {
@@ -350,6 +386,11 @@ fn our_setting(set: &datafusion::sql::sqlparser::ast::Set) -> PgWireResult<Optio
             format!("{CONSISTENT_SETTING} takes on or off"),
         )),
     }
+}
+
+/// A setting's name as PostgreSQL compares it: quotes dropped, lower case.
+fn setting_name(written: &str) -> String {
+    written.replace('"', "").to_lowercase()
 }
 
 /// The settings `SHOW` answers.
@@ -447,11 +488,11 @@ impl Queries {
             Statement::Empty => Response::EmptyQuery,
             Statement::Begin => Response::TransactionStart(Tag::new("BEGIN")),
             Statement::End(tag) => Response::TransactionEnd(Tag::new(tag)),
-            Statement::Set(ours) => {
+            Statement::Set(ours, tag) => {
                 if let Some(on) = ours {
                     self.parser.consistent.store(*on, Ordering::Relaxed);
                 }
-                Response::Execution(Tag::new("SET"))
+                Response::Execution(Tag::new(tag))
             }
             Statement::Show(name, value) => show(name, value)?,
             Statement::ShowConsistent => {
@@ -511,8 +552,11 @@ impl QueryParser for Parser {
             Statement::Query { schema, .. } => {
                 arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
             }
-            Statement::Show(name, _) => Ok(vec![FieldInfo::new(
-                name.clone(),
+            Statement::Show(..) | Statement::ShowConsistent => Ok(vec![FieldInfo::new(
+                match statement {
+                    Statement::Show(name, _) => name.clone(),
+                    _ => CONSISTENT_SETTING.to_string(),
+                },
                 None,
                 None,
                 Type::TEXT,
