@@ -667,17 +667,7 @@ async fn large_results_stream_through_the_postgres_door_in_bounded_memory(
     served: &Served,
     ana_key: &str,
 ) {
-    let (host, port) = served.pgwire.rsplit_once(':').unwrap();
-    let (client, conn) = tokio_postgres::Config::new()
-        .host(host)
-        .port(port.parse().unwrap())
-        .user("ana")
-        .password(ana_key)
-        .dbname("bitvelocity")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_door_client(served, "ana", ana_key).await;
     let customers: i64 = client
         .query_one("SELECT count(*) FROM customers", &[])
         .await
@@ -740,17 +730,7 @@ async fn postgres_settings_choose_consistent_reads(
     then: &[Vec<Option<String>>],
     now: &[Vec<Option<String>>],
 ) {
-    let (host, port) = served.pgwire.rsplit_once(':').unwrap();
-    let (client, conn) = tokio_postgres::Config::new()
-        .host(host)
-        .port(port.parse().unwrap())
-        .user("ana")
-        .password(ana_key)
-        .dbname("bitvelocity")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = pg_door_client(served, "ana", ana_key).await;
     let read = "SELECT id, email FROM customers ORDER BY id";
     async fn show(c: &tokio_postgres::Client) -> (String, String) {
         let simple = pg_text(c, "SHOW bitvelocity.consistent_reads").await[0][0]
@@ -811,6 +791,22 @@ async fn postgres_settings_choose_consistent_reads(
         assert_eq!(e.code().map(|c| c.code()), Some(code), "{sql}: {e}");
     }
     assert_eq!(show(&client).await, off);
+}
+
+/// A tokio-postgres client of the PostgreSQL door logged in as `user` (SCRAM, plaintext).
+async fn pg_door_client(served: &Served, user: &str, key: &str) -> tokio_postgres::Client {
+    let (host, port) = served.pgwire.rsplit_once(':').unwrap();
+    let (client, conn) = tokio_postgres::Config::new()
+        .host(host)
+        .port(port.parse().unwrap())
+        .user(user)
+        .password(key)
+        .dbname("bitvelocity")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
 }
 
 /// The server's peak resident memory since it was last reset, KiB.
