@@ -77,6 +77,9 @@ pub enum BenchCommand {
         /// Concurrent clients of the latency runs.
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         clients: Vec<usize>,
+        /// Rounds of the large result (contenders alternate; medians printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
 }
 
@@ -122,8 +125,10 @@ pub async fn run(what: BenchCommand) -> Result<()> {
             stream_rows,
             secs,
             clients,
+            rounds,
         } => {
             bench_serve::serve(bench_serve::ServeBenchConfig {
+                rounds: rounds.max(1),
                 rows: rows.max(1),
                 stream_rows: stream_rows.max(1),
                 secs: secs.max(1),
