@@ -133,9 +133,13 @@ pub(super) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(writer.into_inner()?)
 }
 
+/// The handle in `bytes`, reading consistently when the call's header says so or, without
+/// the header, when the handle was made to.
 #[allow(clippy::result_large_err)]
-pub(super) fn handle_from(bytes: &[u8]) -> Result<Handle, Status> {
-    Handle::decode(bytes).map_err(status)
+pub(super) fn handle_from<T>(bytes: &[u8], request: &Request<T>) -> Result<Handle, Status> {
+    let mut handle = Handle::decode(bytes).map_err(status)?;
+    handle.consistent = wants_consistent(request)?.unwrap_or(handle.consistent);
+    Ok(handle)
 }
 
 #[cfg(test)]

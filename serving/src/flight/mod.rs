@@ -368,8 +368,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let who = self.principal(&request)?;
-        let mut handle = handle_from(&ticket.statement_handle)?;
-        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
+        let handle = handle_from(&ticket.statement_handle, &request)?;
         self.answer(who, handle).await
     }
 
@@ -412,8 +411,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         self.principal(&request)?;
-        let mut handle = handle_from(&query.prepared_statement_handle)?;
-        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
+        let handle = handle_from(&query.prepared_statement_handle, &request)?;
         let data = request
             .into_inner()
             .map_err(|s| FlightError::Tonic(Box::new(s)));
@@ -474,8 +472,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = self.principal(&request)?;
-        let mut handle = handle_from(&query.prepared_statement_handle)?;
-        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
+        let handle = handle_from(&query.prepared_statement_handle, &request)?;
         let params = handle.params().map_err(status)?;
         let described = self
             .describe(&who, &handle.sql, params, handle.consistent)
@@ -498,8 +495,7 @@ impl FlightSqlService for FlightDoor {
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let who = self.principal(&request)?;
-        let mut handle = handle_from(&query.prepared_statement_handle)?;
-        handle.consistent = wants_consistent(&request)?.unwrap_or(handle.consistent);
+        let handle = handle_from(&query.prepared_statement_handle, &request)?;
         self.answer(who, handle).await
     }
 
